@@ -1,0 +1,267 @@
+"""EPGPipeline: class-conditional pixel-space sampling with EPG diffusion or consistency models."""
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models import EPGTransformer2DModel
+from ..schedulers.base import EPGSchedulerBase
+from .labels import IMAGENET_MEAN, IMAGENET_STD_X2, LabelMap, imagenet_id2label
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from epg_diffusers import EPGPipeline
+
+        >>> pipe = EPGPipeline.from_pretrained("path/to/EPG-XL16-imagenet256")
+        >>> images = pipe(class_labels=[207, "goldfish"], num_inference_steps=32, guidance_scale=2.5).images
+        >>> images[0].save("golden_retriever.png")
+        ```
+"""
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class EPGPipelineOutput(BaseOutput):
+    """
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the generated images.
+        num_network_evaluations (`int`): network evaluations spent per image (a guided evaluation counts 2).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    num_network_evaluations: int
+
+
+class EPGPipeline(DiffusionPipeline):
+    """Class-conditional image generation with an EPG generator and an EPG scheduler.
+
+    With :class:`EPGHeunScheduler` it samples a diffusion model with interval classifier-free guidance;
+    with :class:`EPGConsistencyScheduler` it samples a consistency model in one or a few steps.
+
+    Args:
+        transformer ([`EPGTransformer2DModel`]): the generator.
+        scheduler ([`EPGHeunScheduler`] or [`EPGConsistencyScheduler`]): the sampler.
+        id2label (`dict[int, str]`, *optional*): class names (comma-separated synonyms allowed); defaults to the
+            ImageNet-1k names when the model has 1000 classes. Saved in `model_index.json`.
+        image_mean (`list[float]`), image_std (`list[float]`): the per-channel normalisation the model was
+            trained with (default: ImageNet mean and 2 x ImageNet std, so that sigma_data = 0.5).
+        default_num_inference_steps (`int`, *optional*): steps when the call gives none (32 for Heun, 1 for
+            consistency schedulers when unset).
+        default_guidance_scale (`float`, defaults to 1.0): guidance when the call gives none (1 = off).
+        default_guidance_interval (`list[float]`, defaults to `[0.19, 1.61]`): unshifted sigma interval
+            (low exclusive, high inclusive) in which guidance is applied when the call gives none; `None`
+            guides every evaluation.
+    """
+
+    model_cpu_offload_seq = "transformer"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: EPGTransformer2DModel,
+        scheduler: EPGSchedulerBase,
+        id2label: dict[int, str] | None = None,
+        image_mean: list[float] = IMAGENET_MEAN,
+        image_std: list[float] = IMAGENET_STD_X2,
+        default_num_inference_steps: int | None = None,
+        default_guidance_scale: float = 1.0,
+        default_guidance_interval: list[float] | None = (0.19, 1.61),
+    ):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler)
+        if id2label is None and transformer.config.num_classes == 1000:
+            id2label = imagenet_id2label()
+        id2label = {int(k): v for k, v in (id2label or {}).items()}
+        self.register_to_config(
+            id2label=id2label,
+            image_mean=[float(v) for v in image_mean],
+            image_std=[float(v) for v in image_std],
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=float(default_guidance_scale),
+            default_guidance_interval=list(default_guidance_interval) if default_guidance_interval else None,
+        )
+        self.labels = LabelMap(id2label, transformer.config.num_classes)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=False)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """Class ids of ImageNet-style names; a single string is one label."""
+        return self.labels.ids(label)
+
+    def check_inputs(self, num_inference_steps, guidance_scale, guidance_interval, output_type, callback_inputs):
+        if self.scheduler.config.image_size != self.transformer.config.sample_size:
+            raise ValueError(
+                f"scheduler `image_size`={self.scheduler.config.image_size} differs from the transformer's "
+                f"`sample_size`={self.transformer.config.sample_size}."
+            )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
+        if guidance_interval is not None:
+            if len(guidance_interval) != 2 or not 0 <= guidance_interval[0] < guidance_interval[1]:
+                raise ValueError(f"`guidance_interval` must be (low, high) with 0 <= low < high, got {guidance_interval}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        unknown = [k for k in callback_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {unknown}; allowed: {self._callback_tensor_inputs}.")
+
+    def prepare_latents(self, batch_size, generator, latents, device) -> torch.Tensor:
+        """Unit Gaussian noise eps (float32), or the given ``latents``; x_T = init_noise_sigma * eps."""
+        config = self.transformer.config
+        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"`generator` list has {len(generator)} generators for a batch of {batch_size} images.")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+
+    def guided_steps(self, guidance_scale: float, guidance_interval) -> list[bool]:
+        """Which entries of ``scheduler.timesteps`` run the batched conditional + unconditional forward."""
+        if guidance_scale == 1.0:
+            return [False] * len(self.scheduler.timesteps)
+        unshifted = (self.scheduler.sigmas[:-1] / self.scheduler.sigma_shift).tolist()
+        if guidance_interval is None:
+            return [True] * len(unshifted)
+        low, high = guidance_interval
+        return [low < sigma <= high for sigma in unshifted]  # (low, high]: lower bound exclusive
+
+    def postprocess(self, latents: torch.Tensor, output_type: str):
+        """Un-normalise with the training normalisation and convert to ``output_type``."""
+        if output_type == "latent":
+            return latents
+        mean = torch.tensor(self.config.image_mean, device=latents.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.config.image_std, device=latents.device).view(1, -1, 1, 1)
+        images = (latents.float() * std + mean).clamp(0, 1)
+        return self.image_processor.postprocess(images, output_type=output_type)
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        class_labels: int | str | list[int | str] | torch.Tensor,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        sigmas: list[float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+    ) -> EPGPipelineOutput | tuple:
+        r"""
+        Generate images of the given classes.
+
+        Args:
+            class_labels (`int`, `str`, `list[int | str]` or `torch.Tensor`): class ids or names (a single string
+                is one label; names may be any comma-separated synonym in `id2label`, case-insensitive).
+            num_inference_steps (`int`, *optional*): Karras grid points for Heun (32 in the paper: 62 evaluations
+                plus guidance), or steps for the consistency scheduler. Defaults from the pipeline config.
+            guidance_scale (`float`, *optional*): classifier-free guidance w (out = u + w (c - u)); 1 disables it.
+            guidance_interval (`tuple[float, float]`, *optional*): unshifted sigma range (low, high] where guidance
+                runs; `(0, float("inf"))` guides every step. Defaults from the pipeline config ((0.19, 1.61]).
+            num_images_per_prompt (`int`, defaults to 1): images per label.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): a list gives every image its
+                own generator, so an image does not depend on the batch it is in.
+            latents (`torch.Tensor`, *optional*): unit Gaussian noise of shape (B, C, H, W) to start from.
+            sigmas (`list[float]`, *optional*): custom unshifted, decreasing sigmas instead of `num_inference_steps`.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` (images in [0, 1]) or `"latent"`
+                (the final state in normalised units).
+            return_dict (`bool`, defaults to `True`): return an `EPGPipelineOutput` rather than a tuple.
+            callback_on_step_end (`Callable`, *optional*): called after every network evaluation as
+                `callback(pipe, i, t, callback_kwargs)`; may return a dict replacing `latents`.
+            callback_on_step_end_tensor_inputs (`list[str]`): tensors passed to the callback.
+
+        Examples:
+
+        Returns:
+            [`EPGPipelineOutput`] or `tuple`: images and the network evaluations per image.
+        """
+        # 1. Resolve defaults and check inputs
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if num_inference_steps is None and sigmas is None:
+            num_inference_steps = self.config.default_num_inference_steps or (32 if self.scheduler.order == 2 else 1)
+        guidance_scale = self.config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        if guidance_interval is None:
+            guidance_interval = self.config.default_guidance_interval
+        self.check_inputs(
+            num_inference_steps if sigmas is None else len(sigmas),
+            guidance_scale, guidance_interval, output_type, callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        device = self._execution_device
+        labels = torch.tensor(self.labels.resolve(class_labels), device=device).repeat_interleave(num_images_per_prompt)
+        null_labels = torch.full_like(labels, self.transformer.config.num_classes)
+
+        # 2. Timesteps and the evaluations that are guided
+        self.scheduler.set_timesteps(num_inference_steps if sigmas is None else None, device=device, sigmas=sigmas)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        guided = self.guided_steps(guidance_scale, guidance_interval)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+
+        # 3. Initial noise x_T (the state is kept in float32 whatever the model dtype)
+        latents = self.prepare_latents(len(labels), generator, latents, device)
+
+        # 4. Denoising loop: one network evaluation per entry of `timesteps`
+        evaluations = 0
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                model_input = self.scheduler.scale_model_input(latents, t).to(self.transformer.dtype)
+                if guided[i]:  # conditional and unconditional branches in one forward
+                    model_input = torch.cat([model_input, model_input])
+                    y = torch.cat([labels, null_labels])
+                else:
+                    y = labels
+                output = self.transformer(model_input, t.expand(len(y)), y, return_dict=False)[0].float()
+                if guided[i]:
+                    cond, uncond = output.chunk(2)
+                    output = uncond + self._guidance_scale * (cond - uncond)
+                evaluations += 2 if guided[i] else 1
+                latents = self.scheduler.step(output, t, latents, return_dict=False, **step_kwargs)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for name in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[name] = locals()[name]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 5. Post-process
+        images = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, evaluations)
+        return EPGPipelineOutput(images=images, num_network_evaluations=evaluations)

@@ -1,0 +1,33 @@
+"""Packaging for epg-diffusers (import name ``epg_diffusers``)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.4",
+    "diffusers>=0.42",
+    "accelerate>=1.0",
+    "datasets>=3.0",
+    "safetensors>=0.4",
+    "huggingface-hub>=1.32,<3.0",
+    "numpy>=1.26",
+    "Pillow>=10.0",
+]
+EXTRAS = {
+    "test": ["pytest>=8.0"],
+}
+
+setup(
+    name="epg-diffusers",
+    version="0.1.0",
+    description="EPG (There is No VAE, ICLR 2026): pixel-space diffusion and consistency models for diffusers",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["epg_diffusers", "epg_diffusers.*"]),
+    package_data={"epg_diffusers": ["data/*.json"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)
