@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 
 import torch
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from .. import sigmas as sm
@@ -21,8 +20,12 @@ class EPGSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor
 
 
-class EPGSchedulerBase(SchedulerMixin):
-    """Shared machinery; subclasses build ``self.sigmas`` (one more entry than ``self.timesteps``)."""
+class EPGSchedulerBase:
+    """Shared machinery; subclasses build ``self.sigmas`` (one more entry than ``self.timesteps``).
+
+    Subclasses also derive from ``SchedulerMixin`` and ``ConfigMixin`` in their own module: diffusers' pipeline
+    loader looks those base classes up in the module named in ``model_index.json``.
+    """
 
     sigmas: torch.Tensor = None
     timesteps: torch.Tensor = None

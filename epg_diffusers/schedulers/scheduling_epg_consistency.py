@@ -2,13 +2,14 @@
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sigmas as sm
 from .base import EPGSchedulerBase, EPGSchedulerOutput
 
 
-class EPGConsistencyScheduler(EPGSchedulerBase, ConfigMixin):
+class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
     """Consistency sampler of the EPG one-step models.
 
     One step (the reference): x0 = D(x_T, sigma_max * H/64). Few steps (Algorithm 1 of Song et al. 2023,

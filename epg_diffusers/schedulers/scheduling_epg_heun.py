@@ -2,12 +2,13 @@
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .. import sigmas as sm
 from .base import EPGSchedulerBase, EPGSchedulerOutput
 
 
-class EPGHeunScheduler(EPGSchedulerBase, ConfigMixin):
+class EPGHeunScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
     """Heun sampler of the EPG diffusion models.
 
     ``num_inference_steps`` Karras points sigma_0 = sigma_max ... sigma_{n-1} = sigma_min (rho 7, unshifted,
