@@ -15,8 +15,10 @@ CORE = [
     "Pillow>=10.0",
 ]
 EXTRAS = {
-    "test": ["pytest>=8.0"],
+    "train": ["torchvision>=0.19", "tensorboard>=2.14", "scikit-learn>=1.3"],
+    "eval": ["scipy>=1.11", "torch-fidelity>=0.3"],
 }
+EXTRAS["test"] = sorted({"pytest>=8.0", *EXTRAS["train"], *EXTRAS["eval"]})
 
 setup(
     name="epg-diffusers",
@@ -30,4 +32,5 @@ setup(
     package_data={"epg_diffusers": ["data/*.json"]},
     install_requires=CORE,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["epg=epg_diffusers.cli:main"]},
 )
