@@ -1,0 +1,45 @@
+"""Noise-level curricula and temperature schedules of RCM pre-training (reference notes section 4)."""
+
+import math
+
+import torch
+
+from .. import sigmas as sm
+
+
+def num_scales(step: int, total_steps: int, s0: int = 20, s1: int = 1280) -> int:
+    """Discretisation curriculum N(k) = min(s0 2^ceil(k / K'), s1) + 1, K' = ceil(K / log2(ceil(s1 / s0) + 1)).
+
+    iCT's schedule with the reference's ceil (so the first stage lasts one step): 21, 41, ..., 1281.
+    """
+    stage_length = math.ceil(total_steps / math.log2(math.ceil(s1 / s0) + 1))
+    return min(s0 * 2 ** math.ceil(step / stage_length), s1) + 1
+
+
+def cosine_tau2(step: int, total_steps: int, start: float = 0.2, end: float = 0.1) -> float:
+    """tau_2(k): quarter cosine from ``start`` down to ``start - end`` at k = 2K/3, then ``end`` (paper: 0.2 -> 0.1)."""
+    progress = 1.5 * step / total_steps
+    if progress > 1:
+        return end
+    return end * math.cos(math.pi / 2 * (progress + 1)) + start
+
+
+def interpolated_tau(sigma_unshifted: torch.Tensor, tau1: float, tau2: float) -> torch.Tensor:
+    """Per-sample tau(sigma) = tau1 (1 - u) + tau2 u with u = (sigma - sigma_min) / (sigma_max - sigma_min)."""
+    u = (sigma_unshifted - sm.SIGMA_MIN) / (sm.SIGMA_MAX - sm.SIGMA_MIN)
+    return tau1 * (1 - u) + tau2 * u
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A seed determined by (seed, step, stream): identical on every process and after a resume."""
+    return ((seed * 1_000_003 + step) * 7919 + stream) % 2**63
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator seeded with :func:`step_seed`."""
+    return torch.Generator().manual_seed(step_seed(seed, step, stream))
+
+
+def draw_grid_index(num: int, generator: torch.Generator) -> int:
+    """One index n ~ U{0, ..., N - 2} for the whole global batch (t_n and the cleaner t_{n+1})."""
+    return int(torch.randint(0, num - 1, (), generator=generator))

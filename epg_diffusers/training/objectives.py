@@ -1,0 +1,73 @@
+"""Training objectives, one screen each, with the paper's names and equations.
+
+Every network input is c_in(sigma) x_sigma with time input 250 ln sigma (sigmas shifted by H/64).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .. import sigmas as sm
+
+
+def network_inputs(x_sigma: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_in(sigma) x_sigma, 250 ln sigma) for per-sample or scalar shifted ``sigma``."""
+    sigma = sigma.expand(x_sigma.shape[0]) if sigma.ndim == 0 else sigma
+    return sm.expand_like(sm.c_in(sigma), x_sigma) * x_sigma, sm.sigma_to_time(sigma)
+
+
+def nt_xent(
+    prediction: torch.Tensor, targets: torch.Tensor, tau: float | torch.Tensor, offset: int = 0
+) -> torch.Tensor:
+    """Per-sample NT-Xent (InfoNCE with cosine similarity), Eq. (2) of the paper.
+
+    ``prediction`` (B, D) are this process's rows, ``targets`` (B_global, D) the targets of the whole global
+    batch (every other image is a negative); row i's positive is ``targets[offset + i]``. ``tau`` is a scalar
+    or one temperature per row. loss_i = logsumexp_j(s_ij / tau_i) - s_ii / tau_i.
+    """
+    logits = F.normalize(prediction.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).T  # B x B_global
+    tau = torch.as_tensor(tau, dtype=logits.dtype, device=logits.device).reshape(-1, 1)  # (1,1) or (B,1)
+    logits = logits / tau
+    positives = torch.arange(len(prediction), device=logits.device) + offset
+    return torch.logsumexp(logits, dim=1) - logits.gather(1, positives[:, None]).squeeze(1)
+
+
+def rcm_pretrain_loss(
+    online, target, x0, view1, view2, noise, sigmas, gather=lambda t: t, offset=0, consistency_tau=0.1
+) -> dict[str, torch.Tensor]:
+    """RCM pre-training loss per sample (paper Eq. 3; reference notes section 4).
+
+    ``sigmas`` = (t_0, t_n, t_{n+1}) shifted, with t_0 = sigma_min H/64 and t_n > t_{n+1}; one ``noise``
+    eps per image is shared by all four noisy inputs. ``online`` and ``target`` (momentum encoder) return
+    (projection, normed CLS feature). ``gather`` collects a tensor from all processes (targets only), and
+    ``offset`` is this process's first row in the global batch.
+    """
+    t0, tn, tn1 = sigmas
+    # Contrastive term: two augmented views at t_0, online projections vs momentum projections, symmetric.
+    p1 = online(*network_inputs(view1 + noise * t0, t0), return_dict=False)[0]
+    p2 = online(*network_inputs(view2 + noise * t0, t0), return_dict=False)[0]
+    with torch.no_grad():
+        z1 = target(*network_inputs(view1 + noise * t0, t0), return_dict=False)[0]
+        z2 = target(*network_inputs(view2 + noise * t0, t0), return_dict=False)[0]
+    contrastive = nt_xent(p1, gather(z2), 0.2, offset) + nt_xent(p2, gather(z1), 0.2, offset)
+    # Representation consistency: normed CLS at t_n vs stop-gradient online CLS at t_{n+1} (same eps).
+    h_n = online(*network_inputs(x0 + noise * tn, tn), return_dict=False)[1]
+    with torch.no_grad():
+        h_n1 = online(*network_inputs(x0 + noise * tn1, tn1), return_dict=False)[1]
+    consistency = nt_xent(h_n, gather(h_n1), consistency_tau, offset)
+    return {"loss": contrastive + consistency, "contrastive_loss": contrastive, "consistency": consistency}
+
+
+@torch.no_grad()
+def collapse_diagnostic(encoder, x0: torch.Tensor, shift: float, sigmas=(0.002, 0.1, 1.0, 10.0, 80.0)) -> dict:
+    """Paper Appendix E: mean per-channel std of L2-normalised features at several (unshifted) sigmas.
+
+    About 1/sqrt(D) for healthy, spread-out features; near 0 when every image maps to the same feature.
+    The inputs are noised with a fixed seed so the value is comparable across steps.
+    """
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0)
+    result = {}
+    for sigma in sigmas:
+        sigma_shifted = torch.tensor(sigma * shift, device=x0.device)
+        features = encoder(*network_inputs(x0 + noise * sigma_shifted, sigma_shifted), return_dict=False)[1]
+        result[sigma] = F.normalize(features.float(), dim=-1).std(dim=0).mean().item()
+    return result

@@ -1,0 +1,183 @@
+"""Infrastructure every training script shares: accelerator, checks, checkpoints, resume, logging, export."""
+
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+logger = logging.getLogger("epg_diffusers.training")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainState:
+    """Step and epoch counters, saved with every checkpoint (``register_for_checkpointing``)."""
+
+    def __init__(self):
+        self.step, self.epoch = 0, 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict):
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+
+
+def make_accelerator(args) -> Accelerator:
+    """An Accelerator writing under ``args.output_dir``; checks the batch split before anything runs."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+    )
+    per_step = accelerator.num_processes * args.gradient_accumulation_steps
+    if args.train_batch_size % per_step:
+        raise ValueError(
+            f"`train_batch_size`={args.train_batch_size} (global) is not divisible by processes x accumulation "
+            f"= {accelerator.num_processes} x {args.gradient_accumulation_steps}."
+        )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed, device_specific=False)
+    return accelerator
+
+
+def micro_batch_size(args, accelerator: Accelerator) -> int:
+    return args.train_batch_size // (accelerator.num_processes * args.gradient_accumulation_steps)
+
+
+def checkpoints(output_dir: str) -> list[Path]:
+    """Existing ``checkpoint-<step>`` folders, oldest first."""
+    folder = Path(output_dir) / "checkpoints"
+    found = [p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name)] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def resolve_resume(resume: str | None, output_dir: str) -> Path | None:
+    """The checkpoint to resume from: a path, ``"latest"`` (None when there is none yet) or None."""
+    if resume is None:
+        return None
+    path = (checkpoints(output_dir) or [None])[-1] if resume == "latest" else Path(resume)
+    if path is not None and not (path / "train_state.json").is_file():
+        raise ValueError(f"`resume_from_checkpoint`={str(path)!r} is not a complete checkpoint folder.")
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState):
+    """Restore models, optimiser, schedulers, RNG states and counters; any failure stops before training."""
+    try:
+        accelerator.load_state(str(path))
+        state.load_state_dict(json.loads((path / "train_state.json").read_text()))
+    except Exception as error:
+        raise ValueError(f"cannot resume from checkpoint {str(path)!r}: {error}") from error
+    logger.info("resumed from %s at step %d", path, state.step)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState, total_limit: int | None):
+    """``save_state`` to checkpoints/checkpoint-<step>, keeping at most ``total_limit`` checkpoints.
+
+    The counters file is written last, so a folder without it (a crash mid-save) is never resumed from; old
+    checkpoints are deleted only after the new one is complete.
+    """
+    path = Path(output_dir) / "checkpoints" / f"checkpoint-{state.step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "train_state.json").write_text(json.dumps(state.state_dict()))
+        if total_limit is not None:
+            complete = [p for p in checkpoints(output_dir) if (p / "train_state.json").is_file()]
+            for old in complete[: max(0, len(complete) - total_limit)]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    logger.info("saved %s", path)
+
+
+def write_run_config(args, output_dir: str):
+    """The resolved configuration of the run, saved next to its outputs."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "run_config.json"), "w") as f:
+        json.dump(vars(args), f, indent=2, sort_keys=True, default=str)
+
+
+def append_metrics(output_dir: str, step: int, metrics: dict):
+    """Log a line and append it to ``metrics.jsonl`` (one JSON object per log step)."""
+    line = json.dumps({"step": step, **metrics})
+    logger.info(line)
+    with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
+        f.write(line + "\n")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak accelerator memory, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class Throughput:
+    """Images per second per device between two log points."""
+
+    def __init__(self):
+        self.start, self.images = time.perf_counter(), 0
+
+    def add(self, images: int):
+        self.images += images
+
+    def pop(self) -> float:
+        now = time.perf_counter()
+        rate = self.images / max(now - self.start, 1e-9)
+        self.start, self.images = now, 0
+        return rate
+
+
+def push_folder(folder: str, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload an exported model folder (never checkpoints, optimiser states or logs) to the Hub."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, exist_ok=True, private=private).repo_id
+    api.upload_folder(
+        repo_id=repo_id, folder_path=folder, commit_message="Upload from epg-diffusers training",
+        ignore_patterns=["checkpoints/*", "checkpoint-*", "logs/*", "*.pkl", "optimizer*", "scheduler*.bin"],
+    )
+    return repo_id
+
+
+def write_model_card(folder: str, title: str, args, step: int, argv: list[str]):
+    """A model card (README.md) with metadata, the exact command and the hyper-parameters of the run."""
+    hyper = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()))
+    command = " ".join(["accelerate launch" if "accelerate" in argv[0] else "python", *argv])
+    card = f"""---
+library_name: diffusers
+tags: [epg, epg-diffusers, pixel-space, self-supervised]
+---
+
+# {title}
+
+Trained with epg-diffusers for {step} steps.
+
+```python
+from epg_diffusers import RCMEncoderModel
+
+encoder = RCMEncoderModel.from_pretrained("{folder}")
+```
+
+Command:
+
+```bash
+{command}
+```
+
+| hyper-parameter | value |
+| --- | --- |
+{hyper}
+"""
+    Path(folder, "README.md").write_text(card)
