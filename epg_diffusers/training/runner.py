@@ -33,6 +33,9 @@ class TrainState:
 def make_accelerator(args) -> Accelerator:
     """An Accelerator writing under ``args.output_dir``; checks the batch split before anything runs."""
     accelerator = Accelerator(
+        # on a machine without an accelerator, torchrun's processes must form a gloo (MULTI_CPU) group rather
+        # than run as independent copies, so CPU is requested explicitly
+        cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,

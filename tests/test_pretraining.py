@@ -1,0 +1,152 @@
+"""RCM pre-training: objective parity with the reference, curricula, data, end-to-end runs and resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from datasets import Dataset, Features, Image
+
+from epg_diffusers import RCMEncoderModel
+from epg_diffusers import sigmas as sm
+from epg_diffusers.training.curricula import cosine_tau2, interpolated_tau, num_scales
+from epg_diffusers.training.data import (
+    SeededImageDataset, adm_center_crop, collate_skipping_broken, load_image_dataset, preprocess, rcm_views,
+)
+from epg_diffusers.training.objectives import nt_xent, rcm_pretrain_loss
+
+ROOT = Path(__file__).parent.parent
+TINY_ENCODER = '{"sample_size":16,"depth":2,"embed_dim":32,"num_heads":2,"projector_hidden_dim":64,"projector_dim":16}'
+
+
+@pytest.mark.parametrize("mode", ["constant", "interpolated"])
+def test_objective_matches_reference(reference, mode):
+    config, shift = reference["meta"]["pretrain"][mode], 0.5
+    online = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_online/"), **reference["encoder_config"])
+    target = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_target/"), **reference["encoder_config"])
+    online.train()  # projector BatchNorm on batch statistics; the momentum encoder stays in eval mode
+    data = reference["sub"]("tiny32/pretrain/")
+    grid, n = sm.karras_sigmas(config["num_scales_N"]) * shift, config["index_n"]
+    tau = 0.1 if mode == "constant" else interpolated_tau(grid[n] / shift, 0.1, config["tmax_tau_consistency"])
+    out = rcm_pretrain_loss(
+        online, target, data["x_start"], data["x_aug1"], data["x_aug2"], data["noise"], (grid[-1], grid[n], grid[n + 1]),
+        consistency_tau=tau,
+    )
+    for key in ("loss", "contrastive_loss", "consistency"):
+        assert (out[key] - data[f"{mode}/{key}"]).abs().max() <= 1e-5, key
+
+
+def test_curriculum_and_tau_schedule_match_reference(reference):
+    for row in reference["meta"]["curriculum"]:
+        assert num_scales(row["step"], 600_000) == row["N"]
+        assert cosine_tau2(row["step"], 600_000) == pytest.approx(row["tau2_cosine"], abs=1e-12)
+
+
+def test_nt_xent_per_sample_temperature_and_offset():
+    torch.manual_seed(0)
+    pred, targets = torch.randn(3, 8), torch.randn(6, 8)
+    tau = torch.tensor([0.1, 0.2, 0.3])
+    loss = nt_xent(pred, targets, tau, offset=3)
+    for i in range(3):  # row i: its own temperature, positive = targets[3 + i], negatives = all 6 targets
+        logits = torch.nn.functional.cosine_similarity(pred[i : i + 1], targets) / tau[i]
+        assert loss[i] == pytest.approx((torch.logsumexp(logits, 0) - logits[3 + i]).item(), abs=1e-5)
+
+
+def test_adm_center_crop_and_broken_images_are_skipped(tmp_path):
+    wide = PIL.Image.new("L", (300, 140), 128)  # grayscale, non-square
+    cropped = adm_center_crop(wide.convert("RGB"), 64)
+    assert cropped.size == (64, 64) and cropped.mode == "RGB"
+    good = PIL.Image.fromarray(np.full((40, 50), 200, np.uint8)).convert("L")
+    buffer = __import__("io").BytesIO()
+    good.save(buffer, format="PNG")
+    rows = {"image": [{"bytes": buffer.getvalue(), "path": None}, {"bytes": b"not an image", "path": None}],
+            "label": [0, 1]}
+    dataset = Dataset.from_dict(rows, features=Features({"image": Image(decode=False), "label": __import__("datasets").Value("int64")}))
+    skipped = preprocess(dataset, 16, str(tmp_path / "pre"))
+    assert skipped == 1
+    loaded = load_image_dataset(str(tmp_path / "pre"))
+    assert len(loaded) == 1 and loaded[0]["image"].size == (16, 16) and loaded[0]["image"].mode == "RGB"
+
+
+def test_views_are_seeded_per_sample_and_broken_rows_are_replaced():
+    digits = load_image_dataset("digits", resolution=16)
+    assert len(digits) == 1797 and digits.features["label"].num_classes == 10
+    data = SeededImageDataset(digits, rcm_views(16), seed=3)
+    a, b = data[5], data[5]
+    assert a["view1"].shape == (3, 16, 16) and torch.equal(a["view1"], b["view1"]) and torch.equal(a["x0"], b["x0"])
+    assert not torch.equal(a["view1"], a["view2"])
+    data.set_epoch(1)
+    assert not torch.equal(data[5]["view1"], a["view1"])
+    batch = collate_skipping_broken([a, {"valid": False, "label": 1}, data[6]])
+    assert batch["x0"].shape == (3, 3, 16, 16) and batch["broken"] == 1
+
+
+def test_unknown_data_set_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot load data set `dataset_name`='/no/such/dir-or-hub-id'"):
+        load_image_dataset("/no/such/dir-or-hub-id")
+
+
+def run_rcm(*args, launcher=(sys.executable,), check=True, timeout=600):
+    command = [*launcher, str(ROOT / "training" / "train_rcm.py"), "--preset", "RCM-tiny/digits",
+               "--model_config", TINY_ENCODER, "--train_batch_size", "16", "--report_to", "none", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and result.returncode:
+        raise AssertionError(result.stderr[-3000:])
+    return result
+
+
+def metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_checkpoint_and_exact_resume(tmp_path):
+    common = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+              "--log_every", "1", "--diagnostic_every", "3"]
+    run_rcm(*common, "--output_dir", str(tmp_path / "full"))
+    run_rcm(*common, "--output_dir", str(tmp_path / "split"), "--max_steps_per_run", "3")
+    assert not (tmp_path / "split" / "encoder").exists()  # stopped early: no export yet
+    run_rcm(*common, "--output_dir", str(tmp_path / "split"), "--resume_from_checkpoint", "latest")
+    full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
+    keys = ("loss", "contrastive_loss", "consistency", "lr", "num_scales", "tau")
+    assert [[row[k] for k in keys] for row in full] == [[row[k] for k in keys] for row in split]
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    assert "feature_std/sigma_80" in full[2]
+    encoder = RCMEncoderModel.from_pretrained(tmp_path / "full" / "encoder")
+    assert encoder.config.embed_dim == 32 and (tmp_path / "full" / "encoder" / "README.md").is_file()
+    assert json.loads((tmp_path / "full" / "run_config.json").read_text())["preset"] == "RCM-tiny/digits"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "RCM-Q/16"], "unknown `preset` 'RCM-Q/16'"),
+        (["--dataset_name", "/no/such/data"], "cannot load data set"),
+        (["--train_batch_size", "15", "--gradient_accumulation_steps", "2"], "is not divisible by processes x accumulation"),
+        (["--resume_from_checkpoint", "/no/such/checkpoint"], "is not a complete checkpoint folder"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, args, message):
+    result = run_rcm("--max_train_steps", "2", "--output_dir", str(tmp_path), *args, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_unreadable_checkpoint_fails_before_training(tmp_path):
+    broken = tmp_path / "checkpoints" / "checkpoint-2"
+    broken.mkdir(parents=True)
+    (broken / "train_state.json").write_text('{"step": 2, "epoch": 0}')
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    result = run_rcm("--max_train_steps", "4", "--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest",
+                     check=False)
+    assert result.returncode != 0 and "cannot resume from checkpoint" in result.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_dry_run_prints_resolved_recipe(tmp_path):
+    out = run_rcm("--dry_run", "--output_dir", str(tmp_path), "--learning_rate", "0.5").stdout
+    config = json.loads(out)
+    assert config["learning_rate"] == 0.5 and config["momentum"] == 0.99 and config["dataset_name"] == "digits"
