@@ -8,7 +8,9 @@ import argparse
 import importlib
 
 COMMANDS = {
+    "preprocess": ("epg_diffusers.training.data", "center-crop a data set once (ADM crop) for training"),
     "convert": ("epg_diffusers.conversion", "convert a reference checkpoint into a diffusers folder"),
+    "push": ("epg_diffusers.hub", "push a saved pipeline or encoder folder to the Hub (no checkpoints)"),
     "sample": ("epg_diffusers.evaluation.sample", "sample many images (accelerate launch for several processes)"),
     "evaluate": ("epg_diffusers.evaluation.evaluate", "FID / sFID / IS / precision / recall of a sample npz"),
 }

@@ -68,9 +68,13 @@ class SingleFileMixin:
             if class_name != cls.__name__:
                 raise ValueError(f"`preset`={preset!r} describes a {class_name}, not a {cls.__name__}.")
             config = {**preset_config, **config}
-        state_dict = checkpoint if isinstance(checkpoint, dict) else load_state_dict_file(checkpoint)
-        model = cls(**config)
+        if isinstance(checkpoint, dict):  # the model must not share storage with the caller's tensors
+            state_dict = {key: value.clone() for key, value in checkpoint.items()}
+        else:
+            state_dict = load_state_dict_file(checkpoint)
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
+            model = cls(**config)
         check_state_dict(model, state_dict)
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True, assign=True)
         model.eval()
         return model.to(dtype) if dtype is not None else model

@@ -71,7 +71,7 @@ class EPGPipeline(DiffusionPipeline):
         self,
         transformer: EPGTransformer2DModel,
         scheduler: EPGSchedulerBase,
-        id2label: dict[int, str] | None = None,
+        id2label: dict | None = None,  # int keys; JSON turns them into strings, normalised below
         image_mean: list[float] = IMAGENET_MEAN,
         image_std: list[float] = IMAGENET_STD_X2,
         default_num_inference_steps: int | None = None,
@@ -93,6 +93,25 @@ class EPGPipeline(DiffusionPipeline):
         )
         self.labels = LabelMap(id2label, transformer.config.num_classes)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=False)
+
+    # Hub hooks (epg_diffusers/hub.py): diffusers cannot resolve a third-party package's components from a repo
+    # id, and its default model card shows a text-to-image call.
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load from a folder or a Hub repo id ``"org/name"``, with ``DiffusionPipeline.from_pretrained``'s arguments.
+
+        A repo id is first turned into a local snapshot (``revision``, ``cache_dir``, ``token``,
+        ``local_files_only`` and ``HF_HUB_OFFLINE=1`` honoured; ``epg_diffusers.hub.snapshot_path``).
+        """
+        from ..hub import snapshot_path
+
+        return super().from_pretrained(snapshot_path(pretrained_model_name_or_path, **kwargs), **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload this pipeline with an EPG model card; arguments of ``epg_diffusers.hub.push_to_hub``."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     @property
     def guidance_scale(self) -> float:

@@ -43,3 +43,26 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 def draw_grid_index(num: int, generator: torch.Generator) -> int:
     """One index n ~ U{0, ..., N - 2} for the whole global batch (t_n and the cleaner t_{n+1})."""
     return int(torch.randint(0, num - 1, (), generator=generator))
+
+
+def snap_to_karras_grid(sigma: torch.Tensor, num: int = 1280) -> torch.Tensor:
+    """Index of the nearest point of the ``num``-point Karras grid for each (unshifted) sigma."""
+    grid = sm.karras_sigmas(num).to(sigma.device)
+    return (sigma[:, None] - grid[None]).abs().argmin(dim=1).clamp(max=num - 1)
+
+
+def lognormal_sigmas(batch: int, p_mean: float, p_std: float, generator=None, device=None) -> torch.Tensor:
+    """sigma = exp(P_mean + P_std n), n ~ N(0, 1) (EDM's proposal), unshifted."""
+    return (p_mean + p_std * torch.randn(batch, generator=generator, device=device)).exp()
+
+
+def ect_stage(step: int, stage_length: int = 100_000, first_stage: int = 100_000, delta: int = 1) -> int:
+    """ECT's stage s: delta until ``first_stage`` steps, then floor((k - (d0 - d1)) / d1) + delta."""
+    if step < first_stage:
+        return delta
+    return (step - (first_stage - stage_length)) // stage_length + delta
+
+
+def ect_r_of_t(t: torch.Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> torch.Tensor:
+    """ECT's mapping r = max(sigma_min, t (1 - (1 + k sigmoid(-b t)) / q^s)) in unshifted units; r -> t as s grows."""
+    return (t * (1 - (1 + k * torch.sigmoid(-b * t)) / q**stage)).clamp(min=sm.SIGMA_MIN)

@@ -175,3 +175,25 @@ def rcm_views(resolution: int) -> dict:
         "view2": moco_view(resolution, blur_p=0.1, solarize_p=0.2),
         "x0": clean_view(resolution),
     }
+
+
+def add_arguments(parser):
+    """``epg preprocess``: center-crop a data set once so training never re-decodes full-size JPEGs."""
+    parser.add_argument("--dataset_name", required=True, help="Hub id, imagefolder dir or save_to_disk dir")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--resolution", type=int, required=True, help="e.g. 256 or 512")
+    parser.add_argument("--output_dir", required=True, help="written with save_to_disk; pass it as --dataset_name")
+    parser.add_argument("--num_proc", type=int, default=None, help="parallel worker processes")
+
+
+def run(args) -> int:
+    if args.resolution < 1:
+        raise ValueError(f"`resolution` must be positive, got {args.resolution}.")
+    if os.path.exists(args.output_dir) and os.listdir(args.output_dir):
+        raise ValueError(f"`output_dir`={args.output_dir!r} exists and is not empty; refusing to overwrite it.")
+    dataset = load_image_dataset(args.dataset_name, args.split, args.image_column, args.label_column, args.resolution)
+    skipped = preprocess(dataset, args.resolution, args.output_dir, args.num_proc)
+    print(f"wrote {args.output_dir}; skipped {skipped} unreadable image(s)")
+    return 0

@@ -71,3 +71,57 @@ def collapse_diagnostic(encoder, x0: torch.Tensor, shift: float, sigmas=(0.002, 
         features = encoder(*network_inputs(x0 + noise * sigma_shifted, sigma_shifted), return_dict=False)[1]
         result[sigma] = F.normalize(features.float(), dim=-1).std(dim=0).mean().item()
     return result
+
+
+def diffusion_loss(model, x0, class_labels, noise, sigma_proposal, shift: float, grid_size: int = 1280):
+    """Element-wise weighted x-prediction loss of diffusion fine-tuning (reference notes section 5).
+
+    The proposal sigma (unshifted, lognormal(-1.2, 1.6)) is snapped to the nearest point sigma_i of a
+    ``grid_size``-point Karras grid, weighted by 1 / (sigma_i - sigma_{i+1}) on that unshifted grid (sigma_N
+    continues the formula), then shifted: x_sigma = x0 + eps sigma H/64 and the network predicts x0 (D = F).
+    """
+    from .curricula import snap_to_karras_grid
+
+    index = snap_to_karras_grid(sigma_proposal, grid_size)
+    sigma = sm.karras_sigmas(grid_size).to(x0.device)[index]
+    sigma_next = sm.karras_sigmas_at(index + 1, grid_size)
+    weight = sm.expand_like(1.0 / (sigma - sigma_next), x0)
+    sigma_shifted = sigma * shift
+    x0_hat = model(*network_inputs(x0 + noise * sm.expand_like(sigma_shifted, x0), sigma_shifted), class_labels,
+                   return_dict=False)[0]
+    return (x0_hat.float() - x0) ** 2 * weight
+
+
+def consistency_denoise(model, x_sigma, sigma, class_labels, shift: float) -> torch.Tensor:
+    """D(x, sigma) = c_skip x + c_out F with the shifted sigma_min (boundary condition, D(x, sigma_min) = x)."""
+    output = model(*network_inputs(x_sigma, sigma), class_labels, return_dict=False)[0]
+    return sm.denoised_from_output(output.float(), x_sigma, sigma, "boundary_condition", sm.SIGMA_MIN * shift)
+
+
+def consistency_loss(model, target, perceptual, x0, class_labels, noise, t, r, shift: float,
+                     huber_c: float = 0.06, aux_tau: float = 0.1, aux_weight: float = 1.0, gather=lambda v: v,
+                     offset: int = 0) -> dict[str, torch.Tensor]:
+    """Per-sample consistency fine-tuning loss (reference notes section 6; ECT with a perceptual NT-Xent).
+
+    ``t`` > ``r`` are unshifted (ECT mapping); both share ``noise``. ``target`` is a stop-gradient copy of
+    ``model`` run with the same dropout masks. Distance l = sum over pixels of (D - D^-)^2, used as
+    l / sqrt(l + c^2) (c not scaled with dimension), weighted by 1 / (t - r) on shifted values (0 where t = r).
+    ``perceptual`` (a frozen pre-trained encoder in eval mode) embeds D(x_t) and x0 at sigma_min H/64 without
+    noise; NT-Xent rows are the prediction's projector features, columns the clean images' (global batch).
+    """
+    t_s, r_s = t * shift, r * shift
+    devices = [x0.device] if x0.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the target reuses the online pass's dropout masks
+        denoised = consistency_denoise(model, x0 + noise * sm.expand_like(t_s, x0), t_s, class_labels, shift)
+    with torch.no_grad():
+        denoised_target = consistency_denoise(target, x0 + noise * sm.expand_like(r_s, x0), r_s, class_labels, shift)
+    squared = ((denoised - denoised_target) ** 2).flatten(1).sum(dim=1)
+    distance = squared / (squared.detach() + huber_c**2).sqrt()
+    weight = torch.where(t_s > r_s, 1.0 / (t_s - r_s).clamp(min=1e-12), torch.zeros_like(t_s))
+    sigma0 = torch.tensor(sm.SIGMA_MIN * shift, device=x0.device)
+    prediction = perceptual(*network_inputs(denoised, sigma0), return_dict=False)[0]
+    with torch.no_grad():
+        clean = perceptual(*network_inputs(x0, sigma0), return_dict=False)[0]
+    aux = nt_xent(prediction, gather(clean), aux_tau, offset)
+    consistency = weight * distance
+    return {"loss": consistency + aux_weight * aux, "consistency_loss": consistency, "perceptual_loss": aux}

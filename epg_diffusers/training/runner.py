@@ -30,6 +30,107 @@ class TrainState:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
 
 
+def add_common_arguments(parser, presets: dict):
+    """Flags every training script has; recipe values (``--preset``) fill the ones left unset."""
+    add = parser.add_argument
+    add("--preset", required=True, help=f"recipe: {', '.join(presets)}")
+    add("--dataset_name", default=None, help="Hub id, save_to_disk / imagefolder dir, or 'digits'")
+    add("--dataset_split", default="train")
+    add("--image_column", default="image")
+    add("--label_column", default="label")
+    add("--model_config", type=json.loads, default={}, help="JSON overrides of the model config")
+    add("--output_dir", required=True)
+    add("--train_batch_size", type=int, help="global batch over all processes and accumulation steps")
+    add("--max_train_steps", type=int)
+    add("--learning_rate", type=float)
+    add("--lr_scheduler", default=None)
+    add("--lr_warmup_steps", type=int)
+    add("--adam_beta1", type=float)
+    add("--adam_beta2", type=float)
+    add("--weight_decay", type=float)
+    add("--mixed_precision", choices=["no", "fp16", "bf16"])
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--gradient_checkpointing", action="store_true")
+    add("--max_grad_norm", type=float, default=None, help="gradient clipping (off when unset)")
+    add("--clip_after_step", type=int, default=None, help="clip only from this step on (e.g. after warmup)")
+    add("--seed", type=int, default=0)
+    add("--dataloader_num_workers", type=int, default=2, help="augmentation worker processes")
+    add("--checkpointing_steps", type=int, default=5000)
+    add("--checkpoints_total_limit", type=int, default=None)
+    add("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    add("--max_steps_per_run", type=int, default=None,
+        help="stop (after checkpointing) once this invocation has trained this many steps, e.g. to fit a cluster "
+             "time limit; continue with --resume_from_checkpoint latest")
+    add("--report_to", default="tensorboard", help="tensorboard, wandb, ... or none")
+    add("--log_every", type=int, default=10)
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", default=None)
+    add("--dry_run", action="store_true", help="print the resolved configuration and exit")
+
+
+def resolve_arguments(parser, argv, presets: dict):
+    """Parse, then fill unset values from the recipe of ``--preset``."""
+    from .recipes import get_recipe
+
+    args = parser.parse_args(argv)
+    for key, value in get_recipe(args.preset, presets).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.dataset_name is None:
+        parser.error("`--dataset_name` is required for this preset")
+    return args
+
+
+def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, state: TrainState, hooks) -> None:
+    """Epochs, exact mid-epoch resume, gradient accumulation, checkpoints; the script supplies ``hooks``:
+
+    ``hooks.loss(batch, micro_step) -> dict`` of per-sample terms with a ``"loss"`` entry (inside autocast),
+    ``hooks.after_step()`` after each optimiser step (schedules, EMA), ``hooks.log(batch, logs)`` every
+    ``log_every`` steps, and optionally ``hooks.every_step()`` (validation) after the step counter moves.
+    """
+    steps_per_epoch = len(loader) // args.gradient_accumulation_steps
+    stop_at = min(args.max_train_steps, state.step + (args.max_steps_per_run or args.max_train_steps))
+    logs = []
+    while state.step < stop_at:
+        data.set_epoch(state.epoch)
+        loader.set_epoch(state.epoch)
+        done = state.step - state.epoch * steps_per_epoch
+        batches = accelerator.skip_first_batches(loader, done * args.gradient_accumulation_steps) if done else loader
+        micro_step = 0  # index of the micro-batch within the current optimisation step
+        for batch in batches:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    terms = hooks.loss(batch, micro_step)
+                accelerator.backward(terms["loss"].mean())
+                if accelerator.sync_gradients and args.max_grad_norm and state.step >= (args.clip_after_step or 0):
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            logs.append({k: v.detach().float().mean() for k, v in terms.items()} | {"broken_images": batch["broken"].float()})
+            micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            micro_step = 0
+            if not accelerator.optimizer_step_was_skipped:
+                hooks.after_step()
+            state.step += 1
+            if state.step % args.log_every == 0 or state.step == stop_at:
+                hooks.log(batch, logs)
+                logs = []
+            getattr(hooks, "every_step", lambda: None)()
+            if state.step % args.checkpointing_steps == 0 or state.step == stop_at:
+                save_checkpoint(accelerator, args.output_dir, state, args.checkpoints_total_limit)
+            if state.step >= stop_at:
+                break
+        else:
+            state.epoch += 1
+
+
+def mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict[str, float]:
+    """Average logged terms over the log period and all processes."""
+    return {k: accelerator.gather(torch.stack([row[k] for row in logs]).mean()[None]).mean().item() for k in logs[0]}
+
+
 def make_accelerator(args) -> Accelerator:
     """An Accelerator writing under ``args.output_dir``; checks the batch split before anything runs."""
     accelerator = Accelerator(
@@ -101,6 +202,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     logger.info("saved %s", path)
+
+
+def tracker_config(args) -> dict:
+    """Run configuration flattened to scalars, as trackers (tensorboard hparams) require."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
 
 
 def write_run_config(args, output_dir: str):
