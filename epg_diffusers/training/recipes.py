@@ -53,3 +53,77 @@ def get_recipe(name: str, recipes: dict[str, dict]) -> dict:
     if name not in recipes:
         raise ValueError(f"unknown `preset` {name!r}; choose one of {', '.join(recipes)}.")
     return dict(recipes[name])
+
+
+_DIFFUSION_PAPER = dict(
+    mode="diffusion",
+    train_batch_size=1024,
+    max_train_steps=1_000_000,
+    learning_rate=1e-4,
+    lr_scheduler="cosine",
+    lr_warmup_steps=10_000,
+    adam_beta1=0.9,
+    adam_beta2=0.999,
+    weight_decay=0.01,
+    max_grad_norm=0.5,
+    clip_after_step=10_000,  # the reference clips only after warmup
+    ema_decay=0.9999,
+    label_dropout=0.1,
+    decoder_dropout=0.0,
+    p_mean=-1.2,
+    p_std=1.6,
+    grid_size=1280,
+    mixed_precision="bf16",
+    num_inference_steps=32,
+    guidance_scale=2.5,
+)
+_CONSISTENCY_PAPER = dict(
+    _DIFFUSION_PAPER,
+    mode="consistency",
+    train_batch_size=256,  # the reference launch script (its config says 1024)
+    lr_scheduler="step",
+    lr_step_milestones=(400_000, 500_000),
+    lr_step_factors=(0.3, 0.08),
+    adam_beta2=0.99,
+    weight_decay=0.03,
+    max_grad_norm=None,
+    clip_after_step=None,
+    label_dropout=0.0,
+    decoder_dropout=0.5,
+    p_mean=-0.4,
+    p_std=1.6,
+    ect_q=2.0,
+    ect_k=8.0,
+    ect_b=1.0,
+    ect_stage_length=100_000,
+    huber_c=0.06,
+    aux_tau=0.1,
+    aux_weight=1.0,
+    num_inference_steps=1,
+    guidance_scale=1.0,
+)
+_TINY = dict(
+    dataset_name="digits",
+    model=dict(sample_size=32, patch_size=4, depth=4, embed_dim=128, num_heads=4,
+               decoder_depth=4, decoder_embed_dim=128, decoder_num_heads=4, num_classes=10),
+    train_batch_size=64,
+    max_train_steps=1000,
+    learning_rate=5e-4,
+    lr_warmup_steps=50,
+    clip_after_step=50,
+    ema_decay=0.995,
+    mixed_precision="no",
+)
+
+# Fine-tuning recipes (paper Tables 9 and 11; reference notes sections 5 and 6). ``encoder_preset`` names
+# the pre-training recipe whose output ``--encoder`` should point to (a train_rcm.py folder or a reference nnet.pth).
+EPG_RECIPES: dict[str, dict] = {
+    "EPG-XL/16": dict(_DIFFUSION_PAPER, model="EPG-XL/16", encoder_preset="RCM-B/16"),
+    "EPG-XXL/16": dict(_DIFFUSION_PAPER, model="EPG-XXL/16", encoder_preset="RCM-B/16"),
+    "EPG-G/16": dict(_DIFFUSION_PAPER, model="EPG-G/16", encoder_preset="RCM-B/16"),
+    "EPG-L/32": dict(_DIFFUSION_PAPER, model="EPG-L/32", encoder_preset="RCM-L/32", guidance_scale=3.2),
+    "EPG-L/16-consistency": dict(_CONSISTENCY_PAPER, model="EPG-L/16", encoder_preset="RCM-L/16"),
+    "EPG-tiny/digits-diffusion": dict(_DIFFUSION_PAPER, **_TINY, encoder_preset="RCM-tiny/digits", guidance_scale=1.5),
+    "EPG-tiny/digits-consistency": dict(_CONSISTENCY_PAPER, **_TINY, encoder_preset="RCM-tiny/digits",
+                                        lr_step_milestones=(700, 900), ect_stage_length=250),
+}

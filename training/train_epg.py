@@ -1,0 +1,223 @@
+"""Stage 2: end-to-end fine-tuning of a pre-trained encoder + fresh decoder into a diffusion or consistency model.
+
+    accelerate launch training/train_epg.py --preset EPG-XL/16 --encoder runs/rcm-b16/encoder \
+        --dataset_name ILSVRC/imagenet-1k --output_dir runs/epg-xl16
+    python training/train_epg.py --preset EPG-tiny/digits-diffusion --encoder runs/rcm-digits/encoder \
+        --output_dir runs/epg-digits                                                  # CPU, offline
+
+``--mode`` comes from the preset (diffusion: x-prediction + guided Heun; consistency: ECT with a perceptual
+NT-Xent, one-step sampling). ``--encoder`` is a folder saved by train_rcm.py or a reference ``nnet.pth``;
+``--from_scratch`` trains the same architecture from random weights (the paper's ablation).
+"""
+
+import argparse
+import copy
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+
+from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel
+from epg_diffusers import sigmas as sm
+from epg_diffusers.hub import model_card, push_to_hub
+from epg_diffusers.models import get_preset
+from epg_diffusers.training import runner
+from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas, step_seed
+from epg_diffusers.training.data import SeededImageDataset, clean_view, collate_skipping_broken, load_image_dataset
+from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
+from epg_diffusers.training.objectives import consistency_loss, diffusion_loss
+from epg_diffusers.training.recipes import EPG_RECIPES
+
+logger = logging.getLogger("epg_diffusers.training")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    runner.add_common_arguments(parser, EPG_RECIPES)
+    add = parser.add_argument
+    add("--mode", choices=["diffusion", "consistency"])
+    add("--encoder", default=None, help="pre-trained encoder: train_rcm.py output folder or reference nnet.pth")
+    add("--from_scratch", action="store_true", help="ablation: no pre-trained encoder (random initialisation)")
+    add("--perceptual_encoder", default=None, help="consistency: frozen encoder of the NT-Xent term (default --encoder)")
+    add("--freeze_encoder", action="store_true", help="train the decoder only (paper Table 13)")
+    add("--layer_decay", type=float, default=1.0, help="layer-wise lr decay of the encoder blocks (1 = off)")
+    add("--ema_decay", type=float)
+    add("--label_dropout", type=float, help="probability of the null class (classifier-free guidance)")
+    add("--decoder_dropout", type=float)
+    add("--p_mean", type=float)
+    add("--p_std", type=float)
+    add("--grid_size", type=int, help="diffusion: Karras grid the proposal sigmas snap to")
+    for name in ("ect_q", "ect_k", "ect_b", "huber_c", "aux_tau", "aux_weight"):
+        add(f"--{name}", type=float)
+    add("--ect_stage_length", type=int)
+    add("--lr_step_milestones", type=json.loads, help="step schedule, e.g. [400000, 500000]")
+    add("--lr_step_factors", type=json.loads, help="step schedule, e.g. [0.3, 0.08]")
+    add("--validation_steps", type=int, default=1000, help="sample a fixed-seed labelled grid every N steps")
+    add("--num_inference_steps", type=int, help="sampling default written to the exported pipeline")
+    add("--guidance_scale", type=float, help="sampling default written to the exported pipeline")
+    args = runner.resolve_arguments(parser, argv, EPG_RECIPES)
+    if (args.encoder is None) == (not args.from_scratch):
+        parser.error("pass exactly one of `--encoder` (a pre-trained encoder) and `--from_scratch`")
+    if args.mode == "consistency" and args.from_scratch and args.perceptual_encoder is None:
+        parser.error("consistency training needs `--perceptual_encoder` when training `--from_scratch`")
+    return args
+
+
+def generator_config(args) -> dict:
+    """The generator's config: the recipe's preset or dict, then ``--model_config`` and ``--decoder_dropout``."""
+    base = get_preset(args.model)[1] if isinstance(args.model, str) else dict(args.model)
+    return {**base, **args.model_config, "decoder_dropout": args.decoder_dropout}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dry_run:
+        print(json.dumps(vars(args), indent=2, sort_keys=True, default=str))
+        return
+    accelerator = runner.make_accelerator(args)
+    resume_path = runner.resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    config = generator_config(args)
+    resolution = config["sample_size"]
+    dataset = load_image_dataset(args.dataset_name, args.dataset_split, args.image_column, args.label_column, resolution)
+    names = getattr(dataset.features["label"], "names", None)  # class names when the labels are a ClassLabel
+    model = EPGTransformer2DModel(**{**config, "num_classes": len(names) if names else config.get("num_classes", 1000)})
+    perceptual = None
+    if not args.from_scratch:
+        perceptual = load_encoder(model, args.encoder, freeze=args.freeze_encoder)
+    if args.mode == "consistency":
+        if args.perceptual_encoder:
+            perceptual = load_encoder(None, args.perceptual_encoder, reference_like=model)
+        perceptual.to(accelerator.device).eval().requires_grad_(False)  # frozen: no gradients accumulate
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+    data = SeededImageDataset(dataset, {"x0": clean_view(resolution)}, args.seed)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
+        betas=(args.adam_beta1, args.adam_beta2),
+    )
+    lr_scheduler = make_lr_scheduler(args, optimizer)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=runner.micro_batch_size(args, accelerator), shuffle=True, drop_last=True,
+        num_workers=args.dataloader_num_workers, collate_fn=collate_skipping_broken,
+    )
+    if len(loader) < accelerator.num_processes * args.gradient_accumulation_steps:
+        raise ValueError(f"data set of {len(data)} images is smaller than one global batch of {args.train_batch_size}.")
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, foreach=True)  # constant decay
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(lr_scheduler, ema)
+    state = runner.TrainState()
+    if resume_path is not None:
+        runner.load_checkpoint(accelerator, resume_path, state)
+    if accelerator.is_main_process:
+        runner.write_run_config(args, args.output_dir)
+        accelerator.init_trackers("epg", config=runner.tracker_config(args))
+    hooks = FineTuneHooks(args, accelerator, model, ema, perceptual, lr_scheduler, state, names)
+    runner.train_loop(args, accelerator, model, optimizer, loader, data, state, hooks)
+    if state.step >= args.max_train_steps:
+        export(args, accelerator, hooks, state)
+    accelerator.end_training()
+
+
+class FineTuneHooks:
+    """One fine-tuning step (diffusion or consistency), EMA, validation grids and logging."""
+
+    def __init__(self, args, accelerator, model, ema, perceptual, lr_scheduler, state, names):
+        self.args, self.accelerator, self.model, self.ema, self.perceptual = args, accelerator, model, ema, perceptual
+        self.lr_scheduler, self.state, self.names = lr_scheduler, state, names
+        self.config = accelerator.unwrap_model(model).config
+        self.shift = sm.resolution_shift(self.config.sample_size)
+        self.throughput = runner.Throughput()
+
+    def loss(self, batch, micro_step):
+        args, device, x0 = self.args, self.accelerator.device, batch["x0"]
+        rank = self.accelerator.process_index
+        generator = torch.Generator(device).manual_seed(step_seed(args.seed, self.state.step, 1 + rank * 1000 + micro_step))
+        sigma = lognormal_sigmas(len(x0), args.p_mean, args.p_std, generator, device)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        drop = torch.rand(len(x0), generator=generator, device=device) < args.label_dropout
+        labels = torch.where(drop, self.config.num_classes, batch["label"])  # null class for guidance
+        self.throughput.add(len(x0))
+        if args.mode == "diffusion":
+            return {"loss": diffusion_loss(self.model, x0, labels, noise, sigma, self.shift, args.grid_size).flatten(1).mean(1)}
+        t = sigma.clamp(min=sm.SIGMA_MIN)
+        r = ect_r_of_t(t, ect_stage(self.state.step, args.ect_stage_length, args.ect_stage_length),
+                       args.ect_q, args.ect_k, args.ect_b)
+        target = self.accelerator.unwrap_model(self.model)  # the stop-gradient target is the current online network
+        return consistency_loss(self.model, target, self.perceptual, x0, labels, noise, t, r, self.shift,
+                                args.huber_c, args.aux_tau, args.aux_weight, self.accelerator.gather, rank * len(x0))
+
+    def after_step(self):
+        self.lr_scheduler.step()
+        self.ema.step(self.model.parameters())
+
+    def log(self, batch, logs):
+        metrics = {**runner.mean_logs(self.accelerator, logs), "lr": self.lr_scheduler.get_last_lr()[0],
+                   "img_per_s_per_device": self.throughput.pop(),
+                   "peak_memory_gb": runner.peak_memory_gb(self.accelerator.device)}
+        self.accelerator.log(metrics, step=self.state.step)
+        if self.accelerator.is_main_process:
+            runner.append_metrics(self.args.output_dir, self.state.step, metrics)
+
+    def every_step(self):
+        if self.state.step % self.args.validation_steps == 0 and self.accelerator.is_main_process:
+            grid = make_image_grid(self.sample_grid(), rows=2, cols=len(self.grid_labels()) // 2 or 1)
+            folder = Path(self.args.output_dir, "validation")
+            folder.mkdir(parents=True, exist_ok=True)
+            grid.save(folder / f"step-{self.state.step:07d}.png")
+            for tracker in self.accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    import numpy as np
+
+                    tracker.writer.add_image("validation", np.asarray(grid), self.state.step, dataformats="HWC")
+
+    def grid_labels(self) -> list[int]:
+        return [i % self.config.num_classes for i in range(min(self.config.num_classes, 8) * 2)]
+
+    def pipeline(self) -> EPGPipeline:
+        """An EPGPipeline around a copy of the model holding the EMA weights."""
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval()
+        self.ema.copy_to(model.parameters())
+        scheduler = (EPGHeunScheduler if self.args.mode == "diffusion" else EPGConsistencyScheduler)(
+            image_size=self.config.sample_size)
+        pipe = EPGPipeline(model, scheduler, id2label=dict(enumerate(self.names)) if self.names else None,
+                           default_num_inference_steps=self.args.num_inference_steps,
+                           default_guidance_scale=self.args.guidance_scale)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample_grid(self):
+        labels = self.grid_labels()
+        generators = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+        return self.pipeline()(class_labels=labels, generator=generators).images
+
+
+def export(args, accelerator, hooks: FineTuneHooks, state):
+    """The final pipeline folder (EMA weights, sampler and its defaults, id2label) with a model card and a grid."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    folder = Path(args.output_dir, "pipeline")
+    pipe = hooks.pipeline()
+    pipe.save_pretrained(folder)
+    grid = make_image_grid(pipe(class_labels=hooks.grid_labels(),
+                                generator=[torch.Generator().manual_seed(i) for i in range(len(hooks.grid_labels()))]).images,
+                           rows=2, cols=len(hooks.grid_labels()) // 2 or 1)
+    grid.save(folder / "samples.png")
+    command = " ".join(["accelerate launch" if accelerator.num_processes > 1 else "python", *sys.argv])
+    hyper = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()))
+    description = (f"## Training\n\nFine-tuned ({args.mode}) for {state.step} steps with epg-diffusers:\n\n"
+                   f"```bash\n{command}\n```\n\n![samples](samples.png)\n\n| hyper-parameter | value |\n"
+                   f"| --- | --- |\n{hyper}\n")
+    model_card(folder, str(folder), description).save(folder / "README.md")
+    if args.push_to_hub:
+        push_to_hub(str(folder), args.hub_model_id or Path(args.output_dir).name)
+
+
+if __name__ == "__main__":
+    main()
