@@ -13,6 +13,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
+from .curricula import step_seed
+
 logger = logging.getLogger("epg_diffusers.training")
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -98,6 +100,9 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
         batches = accelerator.skip_first_batches(loader, done * args.gradient_accumulation_steps) if done else loader
         micro_step = 0  # index of the micro-batch within the current optimisation step
         for batch in batches:
+            # dropout and any other global-RNG draw of this micro-step depend on (seed, step, process, micro-step)
+            # only, so a resumed run draws exactly what the uninterrupted run drew
+            torch.manual_seed(step_seed(args.seed, state.step, 10_000 + 1000 * accelerator.process_index + micro_step))
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     terms = hooks.loss(batch, micro_step)

@@ -1,0 +1,150 @@
+"""Fine-tuning: objective parity with the reference, encoder initialisation, end-to-end runs and exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel, RCMEncoderModel
+from epg_diffusers.training.curricula import ect_r_of_t, ect_stage
+from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
+from epg_diffusers.training.objectives import consistency_loss, diffusion_loss
+
+from .conftest import TINY
+from .test_pretraining import ROOT, metrics, run_rcm
+
+GENERATOR = json.dumps({k: TINY[k] for k in ("sample_size", "depth", "embed_dim", "num_heads", "decoder_depth",
+                                            "decoder_embed_dim", "decoder_num_heads")})
+
+
+def test_diffusion_loss_matches_reference(reference):
+    data = reference["sub"]("tiny32/dm_loss/")
+    model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/dm/"), **reference["generator_config"])
+    with torch.no_grad():
+        loss = diffusion_loss(model, data["x_start"], data["y"], data["noise"], data["sigma_unshifted_proposal"], 0.5)
+    expected = data["loss_elementwise"]
+    # weights reach 2.6e4, so the loss is compared relative to its scale
+    assert (loss - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_consistency_loss_matches_reference(reference):
+    data, cm = reference["sub"]("tiny32/dm_loss/"), reference["sub"]("tiny32/cm_loss/")
+    config = reference["generator_config"]
+    model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/cm/"), **config)
+    perceptual = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_online/"), **reference["encoder_config"])
+    out = consistency_loss(model, model, perceptual.eval().requires_grad_(False), data["x_start"], data["y"], cm["noise"],
+                           cm["t_unshifted"], cm["r_unshifted"], 0.5)
+    assert (out["loss"] - cm["loss"]).abs().max() <= 1e-5 * max(1.0, cm["loss"].abs().max())
+    assert (out["perceptual_loss"] - cm["perceptual_loss"]).abs().max() <= 1e-5
+    out["loss"].mean().backward()  # gradients reach the online network only
+    assert model.out.weight.grad is not None and all(p.grad is None for p in perceptual.parameters())
+
+
+def test_ect_mapping_matches_reference(reference):
+    for row in reference["meta"]["ect_r_of_t"]:
+        r = ect_r_of_t(torch.tensor(row["t"]), ect_stage(row["step"]))
+        assert torch.allclose(r, torch.tensor(row["r"]), atol=1e-6), row["step"]
+
+
+def test_matched_dropout_masks_make_identical_target():
+    torch.manual_seed(0)
+    model = EPGTransformer2DModel(**TINY, decoder_dropout=0.5).train()
+    torch.nn.init.normal_(model.out.weight, std=0.1)
+    x0, y, noise = torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), torch.randn(2, 3, 16, 16)
+    perceptual = RCMEncoderModel(sample_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2,
+                                 projector_hidden_dim=16, projector_dim=8).eval()
+    t = torch.tensor([1.0, 2.0])
+    out = consistency_loss(model, model, perceptual, x0, y, noise, t, t, 0.25)  # r = t: same input, same masks
+    assert torch.all(out["consistency_loss"] == 0)
+
+
+def test_encoder_initialisation_and_freezing(tmp_path):
+    torch.manual_seed(0)
+    encoder = RCMEncoderModel(sample_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2,
+                              projector_hidden_dim=64, projector_dim=16)
+    encoder.save_pretrained(tmp_path / "encoder")
+    torch.save(encoder.state_dict(), tmp_path / "nnet.pth")
+    for source in (tmp_path / "encoder", tmp_path / "nnet.pth"):
+        model = EPGTransformer2DModel(**TINY)
+        load_encoder(model, str(source), freeze=True)
+        assert torch.equal(model.blocks[1].mlp.fc2.weight, encoder.blocks[1].mlp.fc2.weight)
+        assert not model.pos_embed.requires_grad and model.decoder_blocks[0].skip_linear.weight.requires_grad
+    groups = param_groups(model, 1e-3, 0.01)
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    decayed = param_groups(EPGTransformer2DModel(**TINY), 1.0, 0.01, layer_decay=0.5)
+    assert sorted({g["lr"] for g in decayed}) == [0.125, 0.25, 0.5, 1.0]
+    assert {g["weight_decay"] for g in decayed if any(p.shape == (1, 18, 32) for p in g["params"])} == {0.0}
+
+
+def test_encoder_that_does_not_fit_and_wrong_kind_of_file(tmp_path):
+    wide = RCMEncoderModel(sample_size=16, patch_size=4, depth=2, embed_dim=64, num_heads=2,
+                           projector_hidden_dim=64, projector_dim=16)
+    wide.save_pretrained(tmp_path / "wide")
+    with pytest.raises(ValueError, match="does not fit the generator's encoder.*embed_dim: encoder 64 vs generator 32"):
+        load_encoder(EPGTransformer2DModel(**TINY), str(tmp_path / "wide"))
+    torch.save(EPGTransformer2DModel(**TINY).state_dict(), tmp_path / "generator.pth")
+    with pytest.raises(ValueError, match="is a generator checkpoint"):
+        load_encoder(EPGTransformer2DModel(**TINY), str(tmp_path / "generator.pth"))
+    with pytest.raises(ValueError, match="neither an encoder folder nor a checkpoint file"):
+        load_encoder(EPGTransformer2DModel(**TINY), str(tmp_path / "missing"))
+
+
+def test_step_learning_rate_schedule():
+    args = type("Args", (), dict(lr_scheduler="step", lr_warmup_steps=10, lr_step_milestones=[40, 50],
+                                 lr_step_factors=[0.3, 0.08], max_train_steps=100))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = make_lr_scheduler(args, optimizer)
+    lrs = []
+    for _ in range(60):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[5] == pytest.approx(0.5) and lrs[20] == 1.0 and lrs[45] == pytest.approx(0.3) and lrs[55] == pytest.approx(0.08)
+
+
+@pytest.fixture(scope="module")
+def encoder_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rcm")
+    run_rcm("--max_train_steps", "2", "--output_dir", str(folder))
+    return folder / "encoder"
+
+
+def run_epg(preset, *args, check=True):
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(ROOT / "training" / "train_epg.py"), "--preset", preset, "--model_config", GENERATOR,
+               "--train_batch_size", "16", "--report_to", "none", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if check and result.returncode:
+        raise AssertionError(result.stderr[-3000:])
+    return result
+
+
+@pytest.mark.parametrize("mode", ["diffusion", "consistency"])
+def test_pretrain_then_finetune_exports_a_pipeline_and_resumes_exactly(encoder_folder, tmp_path, mode):
+    preset = f"EPG-tiny/digits-{mode}"
+    common = ["--encoder", str(encoder_folder), "--max_train_steps", "4", "--checkpointing_steps", "2",
+              "--log_every", "1", "--validation_steps", "2"]
+    run_epg(preset, *common, "--output_dir", str(tmp_path / "full"))
+    run_epg(preset, *common, "--output_dir", str(tmp_path / "split"), "--max_steps_per_run", "3")
+    run_epg(preset, *common, "--output_dir", str(tmp_path / "split"), "--resume_from_checkpoint", "latest")
+    keys = ("loss", "lr")
+    assert [[r[k] for k in keys] for r in metrics(tmp_path / "full")] == [[r[k] for k in keys] for r in metrics(tmp_path / "split")]
+    pipe = EPGPipeline.from_pretrained(tmp_path / "full" / "pipeline")
+    expected = EPGHeunScheduler if mode == "diffusion" else EPGConsistencyScheduler
+    assert type(pipe.scheduler) is expected and pipe.labels.resolve("7") == [7]
+    out = pipe(class_labels=["3", 4], output_type="np")
+    assert out.images.shape == (2, 16, 16, 3)
+    assert out.num_network_evaluations > 62 if mode == "diffusion" else out.num_network_evaluations == 1
+    assert (tmp_path / "full" / "pipeline" / "README.md").read_text().count("EPGPipeline.from_pretrained") >= 1
+    assert (tmp_path / "full" / "validation" / "step-0000002.png").is_file()
+
+
+def test_finetuning_bad_input(encoder_folder, tmp_path):
+    result = run_epg("EPG-tiny/digits-diffusion", "--encoder", str(encoder_folder), "--output_dir", str(tmp_path),
+                     "--max_train_steps", "2", "--model_config", json.dumps({**json.loads(GENERATOR), "embed_dim": 64}),
+                     check=False)
+    assert result.returncode != 0 and "does not fit the generator's encoder" in result.stderr
+    result = run_epg("EPG-tiny/digits-diffusion", "--output_dir", str(tmp_path), "--max_train_steps", "2", check=False)
+    assert result.returncode != 0 and "exactly one of `--encoder`" in result.stderr
