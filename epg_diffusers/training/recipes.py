@@ -32,16 +32,16 @@ RCM_RECIPES: dict[str, dict] = {
         for size in "SBL"
         for patch in (16, 32)
     },
-    # A small encoder for the offline digits data set (32 px): minutes on a laptop CPU.
+    # A small encoder for the offline digits data set (16 px, 16 patches): minutes on a laptop CPU.
     "RCM-tiny/digits": dict(
         _RCM_PAPER,
-        model=dict(sample_size=32, patch_size=4, depth=4, embed_dim=128, num_heads=4,
+        model=dict(sample_size=16, patch_size=4, depth=4, embed_dim=128, num_heads=4,
                    projector_hidden_dim=512, projector_dim=128),
         dataset_name="digits",
-        train_batch_size=128,
-        max_train_steps=600,
+        train_batch_size=64,
+        max_train_steps=300,
         learning_rate=1e-3,
-        lr_warmup_steps=50,
+        lr_warmup_steps=30,
         weight_decay=0.05,
         mixed_precision="no",
     ),
@@ -104,7 +104,7 @@ _CONSISTENCY_PAPER = dict(
 )
 _TINY = dict(
     dataset_name="digits",
-    model=dict(sample_size=32, patch_size=4, depth=4, embed_dim=128, num_heads=4,
+    model=dict(sample_size=16, patch_size=4, depth=4, embed_dim=128, num_heads=4,
                decoder_depth=4, decoder_embed_dim=128, decoder_num_heads=4, num_classes=10),
     train_batch_size=64,
     max_train_steps=1000,
