@@ -1,0 +1,157 @@
+"""Gradio demo of EPG: class-conditional pixel-space generation with a diffusion or a consistency model.
+
+Samplers: guided Heun on the diffusion model (interval classifier-free guidance), and one-step or few-step
+sampling of the consistency model. By default the app loads the pipelines this project ships,
+``epg-digits-diffusion`` and ``epg-digits-consistency`` (looked up next to this file, then in the repo's
+``pipelines/`` folder); set ``EPG_MODEL_ID`` and ``EPG_CONSISTENCY_MODEL_ID`` to a folder or a Hub repo id to
+serve other models. The server honours Gradio's ``GRADIO_SERVER_NAME`` and ``GRADIO_SERVER_PORT``.
+
+Run: ``python pipelines/space/app.py`` and open http://127.0.0.1:7860.
+"""
+
+import os
+import random
+import time
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from epg_diffusers import EPGPipeline
+
+HERE = Path(__file__).resolve().parent
+MAX_IMAGES = 8  # images per request
+MAX_STEPS = 64  # sampling steps per request (Heun: about 2 network evaluations per step, x2 where guided)
+MAX_SEED = 2**31 - 1
+QUEUE_SIZE = 16  # requests waiting beyond this are turned away by the queue
+HEUN, ONE_STEP, FEW_STEP = "Guided Heun (diffusion)", "One-step (consistency)", "Few-step (consistency)"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+
+
+def model_path(env: str, folder: str) -> str:
+    """The model named in ``$env`` (a folder or a Hub repo id), else the shipped pipeline folder ``folder``."""
+    if os.environ.get(env):
+        return os.environ[env]
+    for root in (HERE, HERE.parent):
+        if (root / folder).is_dir():
+            return str(root / folder)
+    raise FileNotFoundError(f"no {folder!r} in {HERE} or {HERE.parent}; set {env} to a pipeline folder or repo id.")
+
+
+def load(path: str) -> EPGPipeline:
+    pipe = EPGPipeline.from_pretrained(path, dtype=DTYPE).to(DEVICE)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# Loaded once at start-up; every request reuses them (the queue runs one request at a time, see below).
+PIPES = {
+    "diffusion": load(model_path("EPG_MODEL_ID", "epg-digits-diffusion")),
+    "consistency": load(model_path("EPG_CONSISTENCY_MODEL_ID", "epg-digits-consistency")),
+}
+CLASS_NAMES = {int(idx): name for idx, name in PIPES["diffusion"].config.id2label.items()}
+CLASSES = [(name, idx) for idx, name in sorted(CLASS_NAMES.items())]  # (shown, value) pairs for the picker
+
+
+def pipe_for(sampler: str) -> EPGPipeline:
+    return PIPES["diffusion" if sampler == HEUN else "consistency"]
+
+
+def sampler_defaults(sampler: str) -> tuple[int, float, float, float]:
+    """Steps, guidance scale and guidance interval (low, high) that the sampler's pipeline was saved with."""
+    pipe = pipe_for(sampler)
+    configured = pipe.config.default_num_inference_steps
+    steps = {HEUN: configured or 32, ONE_STEP: 1, FEW_STEP: max(2, configured or 2)}[sampler]
+    low, high = pipe.config.default_guidance_interval or (0.0, pipe.scheduler.config.sigma_max)
+    return steps, pipe.config.default_guidance_scale, low, high
+
+
+def on_sampler_change(sampler: str):
+    steps, guidance_scale, low, high = sampler_defaults(sampler)
+    return gr.update(value=steps, interactive=sampler != ONE_STEP), guidance_scale, low, high
+
+
+def check_request(class_id, steps, num_images, guidance_scale, low, high, seed) -> str | None:
+    """A message for the page when an input is missing or beyond the caps, else None."""
+    if class_id in (None, ""):
+        return "Pick a class first."
+    if steps is None or not 1 <= steps <= MAX_STEPS:
+        return f"Steps must be a whole number from 1 to {MAX_STEPS} (got {steps})."
+    if num_images is None or not 1 <= num_images <= MAX_IMAGES:
+        return f"Images must be from 1 to {MAX_IMAGES} (got {num_images})."
+    if guidance_scale is None or low is None or high is None:
+        return "Fill in the guidance scale and both ends of the guidance interval."
+    if seed is None or not 0 <= seed <= MAX_SEED:
+        return f"Seed must be a whole number from 0 to {MAX_SEED} (got {seed})."
+    return None
+
+
+def generate(class_id, sampler, steps, num_images, guidance_scale, low, high, seed, randomize):
+    """Sample ``num_images`` images of one class; image i uses the seed ``seed + i`` (its caption)."""
+    message = check_request(class_id, steps, num_images, guidance_scale, low, high, seed)
+    if message:
+        return gr.skip(), f"⚠️ {message}", gr.skip()
+    seed = random.randint(0, MAX_SEED - MAX_IMAGES) if randomize else int(seed)
+    num_images, steps = int(num_images), 1 if sampler == ONE_STEP else int(steps)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+    start = time.perf_counter()
+    try:
+        output = pipe_for(sampler)(
+            class_labels=[int(class_id)] * num_images,
+            num_inference_steps=steps,
+            guidance_scale=float(guidance_scale),
+            guidance_interval=(float(low), float(high)),
+            generator=generators,
+        )
+    except ValueError as error:  # the pipeline's own input checks (e.g. an empty guidance interval)
+        return gr.skip(), f"⚠️ {error}", seed
+    seconds = time.perf_counter() - start
+    images = [(image, f"seed {seed + i}") for i, image in enumerate(output.images)]
+    status = (
+        f"**{CLASS_NAMES.get(int(class_id), class_id)}** · {sampler}, {steps} step(s) · "
+        f"network evaluations per image: {output.num_network_evaluations} · "
+        f"time: {seconds:.2f} s for {num_images} image(s) on {DEVICE}"
+    )
+    return images, status, seed
+
+
+START_STEPS, START_GUIDANCE, START_LOW, START_HIGH = sampler_defaults(HEUN)
+
+with gr.Blocks(title="EPG: there is no VAE") as demo:
+    gr.Markdown(
+        "# EPG: pixel-space generation without a VAE\n"
+        "Pick a class and a sampler. Guided Heun samples the diffusion model with classifier-free guidance "
+        "inside a noise-level interval; the consistency model needs only one or a few network evaluations."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            class_id = gr.Dropdown(CLASSES, value=None, label="Class", elem_id="class")
+            sampler = gr.Radio([HEUN, ONE_STEP, FEW_STEP], value=HEUN, label="Sampler", elem_id="sampler")
+            steps = gr.Number(START_STEPS, label=f"Steps (1 to {MAX_STEPS})", precision=0, elem_id="steps")
+            num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="num-images")
+            with gr.Accordion("Guidance", open=False):
+                guidance_scale = gr.Number(START_GUIDANCE, label="Guidance scale (1 = off)", elem_id="guidance-scale")
+                with gr.Row():
+                    low = gr.Number(START_LOW, label="Interval: from sigma (exclusive)", elem_id="guidance-low")
+                    high = gr.Number(START_HIGH, label="to sigma (inclusive)", elem_id="guidance-high")
+            with gr.Row():
+                seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
+                randomize = gr.Checkbox(True, label="Randomise seed", elem_id="randomize")
+            run = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Samples", columns=4, format="png", elem_id="gallery")
+            status = gr.Markdown("Pick a class and press **Generate**.", elem_id="status")
+
+    sampler.change(on_sampler_change, sampler, [steps, guidance_scale, low, high])
+    run.click(
+        generate,
+        [class_id, sampler, steps, num_images, guidance_scale, low, high, seed, randomize],
+        [gallery, status, seed],
+    )
+
+# One request at a time (the pipelines' schedulers hold per-call state); at most QUEUE_SIZE waiting.
+demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+if __name__ == "__main__":
+    demo.launch(theme=gr.themes.Soft(), css="#gallery img { image-rendering: pixelated; }")

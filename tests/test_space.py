@@ -1,0 +1,179 @@
+"""The Spaces demo in a real browser: headless Debian Chromium driven by Playwright against `pipelines/space/app.py`.
+
+The app runs as a subprocess on a free localhost port, serving tiny pipelines saved to a temporary folder.
+Screenshots go to tests/artifacts/ (kept by CI as test artifacts).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from .conftest import tiny_pipeline
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+APP = Path(__file__).parents[1] / "pipelines" / "space" / "app.py"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+TIMEOUT_MS = 30_000  # for every browser action and expectation
+expect.set_options(timeout=TIMEOUT_MS)
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run installs it)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the demo exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the demo did not answer at {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """Start the demo on tiny diffusion and consistency pipelines; yield its URL."""
+    folder = tmp_path_factory.mktemp("space")
+    tiny_pipeline().save_pretrained(folder / "diffusion")
+    tiny_pipeline(consistency=True).save_pretrained(folder / "consistency")
+    port, log = free_port(), folder / "app.log"
+    env = {
+        **os.environ,
+        "EPG_MODEL_ID": str(folder / "diffusion"),
+        "EPG_CONSISTENCY_MODEL_ID": str(folder / "consistency"),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url, request):
+    """A fresh page on the demo; its final state (passed or failed) is kept as tests/artifacts/<test>.png."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url, wait_until="domcontentloaded")
+    expect(page.locator("#generate")).to_be_visible()
+    yield page
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"space-{request.node.name.removeprefix('test_')}.png", full_page=True)
+    page.close()
+
+
+def pick_class(page, name: str):
+    page.get_by_role("combobox", name="Class").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def set_number(page, elem_id: str, value: str):
+    field = page.locator(f"#{elem_id} input")
+    field.fill(value)
+    field.blur()
+
+
+def generate(page):
+    page.locator("#generate").click()
+
+
+def test_generate_shows_images_and_evaluations(page):
+    pick_class(page, "goldfish")
+    set_number(page, "steps", "3")
+    generate(page)
+    expected = tiny_pipeline()(class_labels=[1], num_inference_steps=3).num_network_evaluations
+    expect(page.locator("#status")).to_contain_text(f"network evaluations per image: {expected}")
+    expect(page.locator("#status")).to_contain_text("time:")
+    expect(page.locator("#gallery img").first).to_be_visible()
+    expect(page.locator("#gallery img")).to_have_count(4)  # the default number of images
+
+
+def test_consistency_samplers_use_one_and_few_evaluations(page):
+    status, steps = page.locator("#status"), page.locator("#steps input")
+    pick_class(page, "ostrich")
+    page.get_by_label("One-step (consistency)").check()
+    expect(steps).to_have_value("1")
+    expect(steps).to_be_disabled()
+    generate(page)
+    expect(status).to_contain_text("One-step (consistency), 1 step(s) · network evaluations per image: 1 ")
+    expect(page.locator("#gallery img").first).to_be_visible()
+
+    page.get_by_label("Few-step (consistency)").check()
+    expect(steps).to_have_value("2")
+    expect(steps).to_be_enabled()
+    set_number(page, "steps", "3")
+    generate(page)
+    expect(status).to_contain_text("Few-step (consistency), 3 step(s) · network evaluations per image: 3 ")
+
+
+def test_bad_input_shows_a_message_and_the_app_keeps_working(page):
+    status = page.locator("#status")
+    generate(page)  # no class picked yet
+    expect(status).to_contain_text("Pick a class first.")
+
+    pick_class(page, "hen")
+    set_number(page, "steps", "1000")
+    generate(page)
+    expect(status).to_contain_text("Steps must be a whole number from 1 to 64")
+    expect(page.locator("#gallery img")).to_have_count(0)
+
+    set_number(page, "steps", "2")
+    page.get_by_text("Guidance", exact=True).click()  # open the accordion
+    set_number(page, "guidance-low", "2")
+    set_number(page, "guidance-high", "1")
+    generate(page)
+    expect(status).to_contain_text("must be (low, high) with 0 <= low < high, got (2.0, 1.0)")
+
+    set_number(page, "guidance-low", "0.19")
+    generate(page)
+    expect(status).to_contain_text("network evaluations per image:")
+    expect(page.locator("#gallery img").first).to_be_visible()
+
+
+def test_fixed_seed_is_kept_and_captioned(page):
+    pick_class(page, "stingray")
+    set_number(page, "steps", "2")
+    page.get_by_label("Randomise seed").uncheck()
+    set_number(page, "seed", "123")
+    generate(page)
+    expect(page.locator("#status")).to_contain_text("network evaluations per image:")
+    expect(page.locator("#seed input")).to_have_value("123")
+    expect(page.locator("#gallery")).to_contain_text("seed 123")
