@@ -11,7 +11,7 @@ from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, par
 from epg_diffusers.training.objectives import consistency_loss, diffusion_loss
 
 from .conftest import TINY
-from .test_pretraining import ROOT, metrics, run_rcm
+from .test_pretraining import ROOT, SUBPROCESS_ENV, metrics, run_rcm
 
 GENERATOR = json.dumps({k: TINY[k] for k in ("sample_size", "depth", "embed_dim", "num_heads", "decoder_depth",
                                             "decoder_embed_dim", "decoder_num_heads")})
@@ -115,7 +115,7 @@ def run_epg(preset, *args, check=True):
 
     command = [sys.executable, str(ROOT / "training" / "train_epg.py"), "--preset", preset, "--model_config", GENERATOR,
                "--train_batch_size", "16", "--report_to", "none", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=SUBPROCESS_ENV)
     if check and result.returncode:
         raise AssertionError(result.stderr[-3000:])
     return result

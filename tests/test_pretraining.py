@@ -1,6 +1,7 @@
 """RCM pre-training: objective parity with the reference, curricula, data, end-to-end runs and resume."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ from epg_diffusers.training.data import (
 from epg_diffusers.training.objectives import nt_xent, rcm_pretrain_loss
 
 ROOT = Path(__file__).parent.parent
+# one OpenMP thread per training process: on 2 shared cores, spinning thread pools slow tiny models 10x
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY_ENCODER = '{"sample_size":16,"depth":2,"embed_dim":32,"num_heads":2,"projector_hidden_dim":64,"projector_dim":16}'
 
 
@@ -93,7 +96,7 @@ def test_unknown_data_set_is_a_clear_error():
 def run_rcm(*args, launcher=(sys.executable,), check=True, timeout=600):
     command = [*launcher, str(ROOT / "training" / "train_rcm.py"), "--preset", "RCM-tiny/digits",
                "--model_config", TINY_ENCODER, "--train_batch_size", "16", "--report_to", "none", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=SUBPROCESS_ENV)
     if check and result.returncode:
         raise AssertionError(result.stderr[-3000:])
     return result
