@@ -16,7 +16,7 @@ CORE = [
 ]
 EXTRAS = {
     "train": ["torchvision>=0.19", "tensorboard>=2.14", "scikit-learn>=1.3"],
-    "eval": ["scipy>=1.11", "torch-fidelity>=0.3"],
+    "eval": ["scipy>=1.11", "torch-fidelity>=0.3", "scikit-learn>=1.3"],
     "demo": ["gradio==6.31.0"],  # equal to sdk_version in pipelines/space/README.md
 }
 EXTRAS["test"] = sorted({"pytest>=8.0", "playwright==1.65.2", *EXTRAS["train"], *EXTRAS["eval"], *EXTRAS["demo"]})

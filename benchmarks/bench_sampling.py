@@ -12,7 +12,7 @@ and with the weights cast to bfloat16. Measured, all in one run, modes interleav
    ``--loop-depth`` encoder/decoder blocks at ``--loop-batch`` (``--loop-depth 12`` is the full model);
 4. the device's matmul throughput and the model's achieved GFLOP/s per forward (FLOPs counted by torch).
 
-Run from the repository root (about 12 minutes on 2 CPU cores):
+Run from the repository root (about 6 minutes on 2 otherwise idle CPU cores):
 
     PYTHONPATH=. python benchmarks/bench_sampling.py
     PYTHONPATH=. python benchmarks/bench_sampling.py --device cuda --loop-depth 12 --loop-batch 8 --repeats 5
@@ -20,6 +20,7 @@ Run from the repository root (about 12 minutes on 2 CPU cores):
 
 import argparse
 import copy
+import itertools
 import os
 import platform
 import statistics
@@ -83,7 +84,7 @@ def ref_sample(model, eps, labels):
     """Deterministic Heun (k-diffusion Algorithm 2 without churn) on the shifted Karras grid; 62 evaluations."""
     sigmas = karras_sigmas(STEPS) * SHIFT
     x = eps * sigmas[0]
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    for sigma, sigma_next in itertools.pairwise(sigmas):
         dt = sigma_next - sigma
         d = (x - ref_denoise(model, x, sigma, labels)) / sigma
         x_pred = x + d * dt
@@ -135,8 +136,16 @@ def eval_cases(models, batch, device):
     for dtype, model in models.items():
         for style, fn in (("ref", ref_denoise), ("ours", ours_eval)):
             for kind, sigma in (("plain", plain), ("guided", guided)):
-                cases[(f"{style} {dtype}", kind)] = lambda m=model, s=style, f=fn, sg=sigma: f(use_attention(m, s), x, sg, labels)
+                run = lambda m=model, s=style, f=fn, sg=sigma: f(use_attention(m, s), x, sg, labels)
+                cases[(f"{style} {dtype}", kind)] = run
     return cases
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
 
 
 def matmul_gflops(dtype, device, m, k, n, repeats) -> float:
@@ -151,7 +160,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--loop-depth", type=int, default=2, help="encoder = decoder depth of the loop-check model")
-    parser.add_argument("--loop-batch", type=int, default=2)
+    parser.add_argument("--loop-batch", type=int, default=1)
     args = parser.parse_args()
     device = torch.device(args.device)
     diffusers.utils.logging.set_verbosity_error()
@@ -164,7 +173,10 @@ def main():
     n_eval, n_guided = schedule(pipe)
     per_eval = bench(eval_cases(models, args.batch, device), args.repeats, args.warmup, device)
     modes = list(dict.fromkeys(mode for mode, _ in per_eval))
-    derive = lambda times, mode: (n_eval - n_guided) * times[(mode, "plain")] + n_guided * times[(mode, "guided")]
+
+    def derive(times, mode):  # seconds of one 32-step guided sampling loop from per-evaluation medians
+        return (n_eval - n_guided) * times[(mode, "plain")] + n_guided * times[(mode, "guided")]
+
     per_image = {mode: derive(per_eval, mode) / args.batch for mode in modes}
 
     # 4. throughput: FLOPs of one forward (math attention, so every matmul is counted), matmul peaks
@@ -193,7 +205,8 @@ def main():
             outputs[mode] = pipes[dt].postprocess(ref_sample(use_attention(small[dt], "ref"), eps, labels), "pt")
         else:
             use_attention(small[dt], "ours")
-            out = pipes[dt](labels.tolist(), num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=eps, output_type="pt")
+            out = pipes[dt](labels.tolist(), num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=eps,
+                            output_type="pt")
             assert out.num_network_evaluations == n_eval + n_guided
             outputs[mode] = out.images
 
@@ -202,32 +215,40 @@ def main():
 
     # report
     base = "ref fp32"
-    print(f"\ntorch {torch.__version__}, diffusers {diffusers.__version__}, {platform.processor() or platform.machine()}, "
-          f"device {device}, threads {torch.get_num_threads()}, load avg {load_start:.2f} -> {os.getloadavg()[0]:.2f}, "
-          f"wall {wall / 60:.1f} min; schedule: {n_eval} evaluations, {n_guided} guided "
-          f"({n_eval + n_guided} network evaluations per image)\n")
+    print(f"\n{device_name(device)}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, "
+          f"load avg {load_start:.2f} -> {os.getloadavg()[0]:.2f}, wall {wall / 60:.1f} min")
+    print(f"schedule: {n_eval} evaluations, {n_guided} guided ({n_eval + n_guided} network evaluations per image)\n")
     print(f"| mode | s / eval (batch {args.batch}) | s / guided eval | s / image, 32 guided Heun steps (derived) "
-          f"| speedup vs ref fp32 | speedup vs ref, same dtype | achieved GFLOP/s | % of matmul peak |")
+          "| speedup vs ref fp32 | speedup vs ref, same dtype | achieved GFLOP/s | % of matmul peak |")
     print("|---|---|---|---|---|---|---|---|")
     for mode in modes:
-        style, dt = mode.split()
+        dt = mode.split()[1]
         achieved = flops / per_eval[(mode, "plain")] / 1e9
-        print(f"| {mode} | {per_eval[(mode, 'plain')]:.3f} | {per_eval[(mode, 'guided')]:.3f} | {per_image[mode]:.3f} "
-              f"| {per_image[base] / per_image[mode]:.2f}x | {per_image['ref ' + dt] / per_image[mode]:.2f}x "
+        print(f"| {mode} | {per_eval[(mode, 'plain')]:.3f} | {per_eval[(mode, 'guided')]:.3f} "
+              f"| {per_image[mode]:.3f} | {per_image[base] / per_image[mode]:.2f}x "
+              f"| {per_image['ref ' + dt] / per_image[mode]:.2f}x "
               f"| {achieved:.0f} | {100 * achieved / max(peaks[dt]):.0f}% |")
-    print(f"\nforward FLOPs at batch {args.batch}: {flops / 1e12:.3f} TFLOP; matmul GFLOP/s (4096^3, {tokens}x1584x6336): "
-          + ", ".join(f"{dt} {a:.0f}, {b:.0f}" for dt, (a, b) in peaks.items()))
+    peak_text = ", ".join(f"{dt} {square:.0f}, {shaped:.0f}" for dt, (square, shaped) in peaks.items())
+    print(f"\nforward FLOPs at batch {args.batch}: {flops / 1e12:.3f} TFLOP; "
+          f"matmul GFLOP/s (4096^3, {tokens}x1584x6336): {peak_text}")
+    for dt in DTYPES:
+        floor = flops / (max(peaks[dt]) * 1e9)  # every FLOP at the best measured matmul rate, nothing else costs
+        print(f"{dt} bound: forward >= {floor:.3f} s, so no {dt} implementation beats ref {dt} by more than "
+              f"{per_eval[('ref ' + dt, 'plain')] / floor:.2f}x")
     for dt in DTYPES:
         print(f"batched guidance, ours {dt}: two batch-{args.batch} forwards / one batch-{2 * args.batch} forward = "
               f"{2 * per_eval[('ours ' + dt, 'plain')] / per_eval[('ours ' + dt, 'guided')]:.2f}x")
-    print(f"\nloop check: depth {args.loop_depth}+{args.loop_depth}, batch {args.loop_batch}, {STEPS} guided Heun steps\n")
-    print("| mode | measured s / loop | measured s / image | derived s / loop | measured / derived | speedup vs ref fp32 "
-          "| max abs diff vs ref fp32 |")
+    print(f"\nloop check: depth {args.loop_depth} + {args.loop_depth} blocks, batch {args.loop_batch}, "
+          f"{STEPS} guided Heun steps\n")
+    print("| mode | measured s / loop | measured s / image | derived s / loop | measured / derived "
+          "| speedup vs ref fp32 | max abs diff vs ref fp32 |")
     print("|---|---|---|---|---|---|---|")
     for mode in modes:
         diff = (outputs[mode].float() - outputs[base].float()).abs().max().item()
-        print(f"| {mode} | {loops[mode]:.2f} | {loops[mode] / args.loop_batch:.2f} | {derive(small_eval, mode):.2f} | {loops[mode] / derive(small_eval, mode):.3f} "
-              f"| {loops[base] / loops[mode]:.2f}x | {diff:.1e} |")
+        derived = derive(small_eval, mode)
+        print(f"| {mode} | {loops[mode]:.2f} | {loops[mode] / args.loop_batch:.2f} | {derived:.2f} "
+              f"| {loops[mode] / derived:.3f} | {loops[base] / loops[mode]:.2f}x | {diff:.1e} |")
 
 
 if __name__ == "__main__":

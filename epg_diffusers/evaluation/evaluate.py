@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="REF_NPZ SAMPLE_NPZ (ADM reference batch, then samples), or SAMPLE_NPZ with --small-data")
     parser.add_argument("--small-data", choices=DATASETS, default=None,
                         help="offline small-data metrics against this data set instead of ADM's metrics")
-    parser.add_argument("--resolution", type=int, default=None, help="--small-data: px of the real images (default: the samples')")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="--small-data: px of the real images (default: the samples')")
     parser.add_argument("--batch-size", type=int, default=64, help="images per Inception forward")
     parser.add_argument("--inception-weights", default=None,
                         help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (else downloaded once)")
@@ -105,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command_line(args: argparse.Namespace) -> str:
     """The ``epg evaluate`` command that reproduces ``args`` (for the metrics file and the data set card)."""
     parts = ["epg", "evaluate", *args.npz]
-    for key in ("small_data", "resolution", "batch_size", "inception_weights"):
+    for key in ("small_data", "resolution") if args.small_data else ("batch_size", "inception_weights"):
         if getattr(args, key) is not None:
             parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     return shlex.join(parts)

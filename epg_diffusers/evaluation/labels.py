@@ -16,7 +16,8 @@ def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
         low = num_samples // num_classes * num_classes
         raise ValueError(
             f"`num_samples`={num_samples} is not a multiple of the {num_classes} classes: balanced labels give every "
-            f"class num_samples / num_classes images. Use {low or num_classes} or {low + num_classes}, or random labels."
+            f"class num_samples / num_classes images. Use {low or num_classes} or {low + num_classes}, "
+            "or random labels."
         )
     return np.repeat(np.arange(num_classes, dtype=np.int64), num_samples // num_classes)
 

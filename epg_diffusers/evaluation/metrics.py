@@ -19,7 +19,9 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians, computed as ADM's evaluator does.
 
     The matrix square root is scipy's ``sqrtm``; when it is not finite (a singular product) ``eps`` is added to
@@ -39,7 +41,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"the covariance product has a large imaginary square root ({np.abs(covmean.imag).max():.3g}).")
+            imaginary = np.abs(covmean.imag).max()
+            raise ValueError(f"the covariance product has a large imaginary square root ({imaginary:.3g}).")
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
@@ -70,18 +73,29 @@ def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 10000) ->
     x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
     if x.ndim != 2 or len(x) <= k:
         raise ValueError(f"`features` needs more than k={k} rows for k-NN radii, got shape {tuple(x.shape)}.")
-    radii = [torch.kthvalue(_squared_distances(x[s : s + batch_size], x), k + 1, dim=1).values  # self is the 1st
-             for s in range(0, len(x), batch_size)]
+    radii = []
+    for s in range(0, len(x), batch_size):
+        # the k + 1 smallest of each column block (B x B distances in memory, never B x N), then of their union;
+        # the point itself is the smallest (distance 0), so the (k + 1)-th is its k-th neighbour
+        nearest = []
+        for c in range(0, len(x), batch_size):
+            dist = _squared_distances(x[s : s + batch_size], x[c : c + batch_size])  # B B'
+            nearest.append(dist.topk(min(k + 1, dist.shape[1]), dim=1, largest=False).values)
+        radii.append(torch.kthvalue(torch.cat(nearest, dim=1), k + 1, dim=1).values)
     return torch.cat(radii).numpy()
 
 
-def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3, batch_size: int = 10000) -> tuple[float, float]:
+def precision_recall(
+    reference: np.ndarray, samples: np.ndarray, k: int = 3, batch_size: int = 10000
+) -> tuple[float, float]:
     """Improved precision and recall: the share of samples inside the reference manifold, and of references inside
     the sample manifold, where a manifold is the union of balls reaching each point's k-th nearest neighbour."""
     ref = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
     gen = torch.as_tensor(np.asarray(samples), dtype=torch.float32)
     if ref.ndim != 2 or gen.ndim != 2 or ref.shape[1] != gen.shape[1]:
-        raise ValueError(f"`reference` {tuple(ref.shape)} and `samples` {tuple(gen.shape)} must be 2-D with equal widths.")
+        raise ValueError(
+            f"`reference` {tuple(ref.shape)} and `samples` {tuple(gen.shape)} must be 2-D with equal widths."
+        )
     ref_radii = torch.from_numpy(manifold_radii(ref, k, batch_size))
     gen_radii = torch.from_numpy(manifold_radii(gen, k, batch_size))
     gen_in_ref = torch.zeros(len(gen), dtype=torch.bool)

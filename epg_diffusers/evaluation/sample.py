@@ -1,11 +1,12 @@
 """``epg sample``: N images from an EPG pipeline over every process, for evaluation at scale.
 
     epg sample org/EPG-XL16-imagenet256 --output-dir samples --num-samples 50000 --guidance-scale 2.5
-    accelerate launch --num_processes 8 $(which epg) sample ...        # same images, 8 processes
+    accelerate launch --num_processes 8 -m epg_diffusers.cli sample ...    # the same images on 8 processes
 
 Image ``i`` (0 <= i < N) starts from the noise of ``torch.Generator("cpu").manual_seed(seed + i)`` and has class
 ``labels[i]`` (balanced: N / num_classes per class, the paper's protocol; or random), so the set does not
-depend on the batch size, the number of processes or the device. Each finished batch is committed as a part
+depend on the batch size or the number of processes (the noise is drawn on CPU, so it is also the same on any
+device; the network's arithmetic may differ slightly between devices). Each finished batch is committed as a part
 file (``parts/part-<first index>.npz``, renamed into place when complete); a restarted run skips the indices
 already committed, so it resumes without duplicates or gaps. When every index is done, the parts become
 ``samples.npz`` (ADM's format: ``arr_0`` uint8 N x H x W x 3, ``arr_1`` labels) and/or ``images/<index>.png``.
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +44,9 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
     if save not in SAVE_MODES:
         raise ValueError(f"`save` must be one of {SAVE_MODES}, got {save!r}.")
     config = pipe.config
-    steps = num_inference_steps or config.default_num_inference_steps or (32 if pipe.scheduler.order == 2 else 1)
+    steps = num_inference_steps
+    if steps is None:
+        steps = config.default_num_inference_steps or (32 if pipe.scheduler.order == 2 else 1)
     scale = config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
     interval = config.default_guidance_interval if guidance_interval is None else [float(v) for v in guidance_interval]
     pipe.check_inputs(steps, scale, interval, "pt", None)
@@ -51,7 +55,7 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
     sample_labels(labels, num_samples, pipe.transformer.config.num_classes, seed)  # validates N and the mode
     return {
         "num_samples": num_samples, "labels": labels, "num_classes": pipe.transformer.config.num_classes,
-        "seed": seed, "seeds": f"image i starts from torch.Generator('cpu').manual_seed({seed} + i)",
+        "seed": seed, "seeds": "image i starts from torch.Generator('cpu').manual_seed(seed + i)",
         "sampler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config),
         "num_inference_steps": steps, "num_network_evaluations": evaluations, "guidance_scale": scale,
         "guidance_interval": interval, "resolution": pipe.transformer.config.sample_size,
@@ -62,7 +66,7 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
 def prepare_output(output_dir: str, settings: dict, is_main: bool) -> bool:
     """Check ``output_dir`` is writable and holds no run with other settings; True when that run is complete."""
     try:
-        os.makedirs(os.path.join(output_dir, PARTS), exist_ok=True)
+        os.makedirs(output_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output_dir):
             pass
     except OSError as error:
@@ -77,6 +81,7 @@ def prepare_output(output_dir: str, settings: dict, is_main: bool) -> bool:
                              "resume with the same settings or choose another output directory.")
         if previous.get("status") == "complete":
             return True
+    os.makedirs(os.path.join(output_dir, PARTS), exist_ok=True)
     if is_main:
         write_json(path, {**settings, "status": "running"})
     return False
@@ -144,8 +149,7 @@ def assemble(output_dir: str, settings: dict, labels: np.ndarray) -> None:
     if settings["save"] != "png":
         size = settings["resolution"]
         write_images_npz(os.path.join(output_dir, SAMPLES_NPZ), (n, size, size, 3), _in_order(parts, owner), labels)
-    for path in parts:
-        path.unlink()
+    shutil.rmtree(os.path.join(output_dir, PARTS))  # with any half-written part a killed run left behind
 
 
 def _in_order(parts: list[Path], owner: np.ndarray, chunk: int = 1024):
@@ -204,8 +208,8 @@ def sample_images(
     settings = resolved_settings(pipe, num_samples, labels, seed, num_inference_steps, guidance_scale,
                                  guidance_interval, save)
     settings.update(extra_settings or {})
-    settings.update(batch_size=batch_size, num_processes=state.num_processes,
-                    versions={"epg_diffusers": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__})
+    versions = {"epg_diffusers": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
+    settings.update(batch_size=batch_size, num_processes=state.num_processes, versions=versions)
     settings = json.loads(json.dumps(settings, default=str))  # as stored, so a resumed run compares like with like
     if prepare_output(output_dir, settings, state.is_main_process):
         return json.loads(Path(output_dir, SETTINGS_JSON).read_text())
