@@ -107,7 +107,7 @@ _TINY = dict(
     model=dict(sample_size=16, patch_size=4, depth=4, embed_dim=128, num_heads=4,
                decoder_depth=4, decoder_embed_dim=128, decoder_num_heads=4, num_classes=10),
     train_batch_size=64,
-    max_train_steps=1000,
+    max_train_steps=600,
     learning_rate=5e-4,
     lr_warmup_steps=50,
     clip_after_step=50,
@@ -125,5 +125,5 @@ EPG_RECIPES: dict[str, dict] = {
     "EPG-L/16-consistency": dict(_CONSISTENCY_PAPER, model="EPG-L/16", encoder_preset="RCM-L/16"),
     "EPG-tiny/digits-diffusion": dict(_DIFFUSION_PAPER, **_TINY, encoder_preset="RCM-tiny/digits", guidance_scale=1.5),
     "EPG-tiny/digits-consistency": dict(_CONSISTENCY_PAPER, **_TINY, encoder_preset="RCM-tiny/digits",
-                                        lr_step_milestones=(700, 900), ect_stage_length=250),
+                                        lr_step_milestones=(400, 500), ect_stage_length=200),
 }
