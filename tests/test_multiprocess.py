@@ -4,7 +4,6 @@ with no GPU the processes use the gloo backend (``--cpu`` alone would start a si
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 

@@ -27,7 +27,7 @@ from epg_diffusers.hub import model_card, push_to_hub
 from epg_diffusers.models import get_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas, step_seed
-from epg_diffusers.training.data import SeededImageDataset, clean_view, collate_skipping_broken, load_image_dataset
+from epg_diffusers.training.data import SeededImageDataset, clean_view, load_image_dataset
 from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
 from epg_diffusers.training.objectives import consistency_loss, diffusion_loss
 from epg_diffusers.training.recipes import EPG_RECIPES
@@ -101,22 +101,12 @@ def main(argv=None):
         betas=(args.adam_beta1, args.adam_beta2),
     )
     lr_scheduler = make_lr_scheduler(args, optimizer)
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=runner.micro_batch_size(args, accelerator), shuffle=True, drop_last=True,
-        num_workers=args.dataloader_num_workers, collate_fn=collate_skipping_broken,
-    )
-    if len(loader) < accelerator.num_processes * args.gradient_accumulation_steps:
-        raise ValueError(f"data set of {len(data)} images is smaller than one global batch of {args.train_batch_size}.")
+    loader = runner.make_loader(args, accelerator, data)
     ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, foreach=True)  # constant decay
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(lr_scheduler, ema)
-    state = runner.TrainState()
-    if resume_path is not None:
-        runner.load_checkpoint(accelerator, resume_path, state)
-    if accelerator.is_main_process:
-        runner.write_run_config(args, args.output_dir)
-        accelerator.init_trackers("epg", config=runner.tracker_config(args))
+    state = runner.start_run(args, accelerator, resume_path, "epg")
     hooks = FineTuneHooks(args, accelerator, model, ema, perceptual, lr_scheduler, state, names)
     runner.train_loop(args, accelerator, model, optimizer, loader, data, state, hooks)
     if state.step >= args.max_train_steps:

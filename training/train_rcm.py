@@ -23,7 +23,7 @@ from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import (
     cosine_tau2, draw_grid_index, interpolated_tau, num_scales, step_generator, step_seed,
 )
-from epg_diffusers.training.data import SeededImageDataset, collate_skipping_broken, load_image_dataset, rcm_views
+from epg_diffusers.training.data import SeededImageDataset, load_image_dataset, rcm_views
 from epg_diffusers.training.objectives import collapse_diagnostic, rcm_pretrain_loss
 from epg_diffusers.training.recipes import RCM_RECIPES
 
@@ -83,21 +83,11 @@ def main(argv=None):
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
     )
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=runner.micro_batch_size(args, accelerator), shuffle=True, drop_last=True,
-        num_workers=args.dataloader_num_workers, collate_fn=collate_skipping_broken,
-    )
-    if len(loader) < accelerator.num_processes * args.gradient_accumulation_steps:
-        raise ValueError(f"data set of {len(data)} images is smaller than one global batch of {args.train_batch_size}.")
+    loader = runner.make_loader(args, accelerator, data)
     online, optimizer, loader = accelerator.prepare(online, optimizer, loader)
     target.to(accelerator.device)
     accelerator.register_for_checkpointing(lr_scheduler, target)
-    state = runner.TrainState()
-    if resume_path is not None:
-        runner.load_checkpoint(accelerator, resume_path, state)
-    if accelerator.is_main_process:
-        runner.write_run_config(args, args.output_dir)
-        accelerator.init_trackers("rcm", config=runner.tracker_config(args))
+    state = runner.start_run(args, accelerator, resume_path, "rcm")
     hooks = RCMHooks(args, accelerator, online, target, lr_scheduler, state)
     runner.train_loop(args, accelerator, online, optimizer, loader, data, state, hooks)
     if state.step >= args.max_train_steps:

@@ -9,7 +9,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .layers import EPGEncoderBlock, ViTTrunkMixin
+from .layers import ViTTrunkMixin
 from .single_file import SingleFileMixin
 
 

@@ -7,7 +7,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .layers import EPGDecoderBlock, EPGEncoderBlock, LayerNorm32, ViTTrunkMixin
+from .layers import EPGDecoderBlock, LayerNorm32, ViTTrunkMixin
 from .single_file import SingleFileMixin
 
 

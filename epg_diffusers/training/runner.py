@@ -160,6 +160,30 @@ def make_accelerator(args) -> Accelerator:
     return accelerator
 
 
+def make_loader(args, accelerator: Accelerator, data) -> torch.utils.data.DataLoader:
+    """Shuffled, drop-last batches of one process's share of the global batch; broken images replaced."""
+    from .data import collate_skipping_broken
+
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=micro_batch_size(args, accelerator), shuffle=True, drop_last=True,
+        num_workers=args.dataloader_num_workers, collate_fn=collate_skipping_broken,
+    )
+    if len(loader) < accelerator.num_processes * args.gradient_accumulation_steps:
+        raise ValueError(f"data set of {len(data)} images is smaller than one global batch of {args.train_batch_size}.")
+    return loader
+
+
+def start_run(args, accelerator: Accelerator, resume_path, project: str) -> TrainState:
+    """Restore a checkpoint (objects registered beforehand), save the run config and start the trackers."""
+    state = TrainState()
+    if resume_path is not None:
+        load_checkpoint(accelerator, resume_path, state)
+    if accelerator.is_main_process:
+        write_run_config(args, args.output_dir)
+        accelerator.init_trackers(project, config=tracker_config(args))
+    return state
+
+
 def micro_batch_size(args, accelerator: Accelerator) -> int:
     return args.train_batch_size // (accelerator.num_processes * args.gradient_accumulation_steps)
 
