@@ -14,9 +14,9 @@ import argparse
 import copy
 import json
 import logging
-import sys
 from pathlib import Path
 
+import numpy
 import torch
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -156,15 +156,13 @@ class FineTuneHooks:
 
     def every_step(self):
         if self.state.step % self.args.validation_steps == 0 and self.accelerator.is_main_process:
-            grid = make_image_grid(self.sample_grid(), rows=2, cols=len(self.grid_labels()) // 2 or 1)
+            grid = self.sample_grid(self.pipeline())
             folder = Path(self.args.output_dir, "validation")
             folder.mkdir(parents=True, exist_ok=True)
             grid.save(folder / f"step-{self.state.step:07d}.png")
             for tracker in self.accelerator.trackers:
                 if tracker.name == "tensorboard":
-                    import numpy as np
-
-                    tracker.writer.add_image("validation", np.asarray(grid), self.state.step, dataformats="HWC")
+                    tracker.writer.add_image("validation", numpy.asarray(grid), self.state.step, dataformats="HWC")
 
     def grid_labels(self) -> list[int]:
         return [i % self.config.num_classes for i in range(min(self.config.num_classes, 8) * 2)]
@@ -181,10 +179,11 @@ class FineTuneHooks:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def sample_grid(self):
+    def sample_grid(self, pipe: EPGPipeline):
+        """A fixed-seed labelled grid: two images per class (up to 8 classes), image i seeded with i."""
         labels = self.grid_labels()
-        generators = [torch.Generator().manual_seed(i) for i in range(len(labels))]
-        return self.pipeline()(class_labels=labels, generator=generators).images
+        images = pipe(class_labels=labels, generator=[torch.Generator().manual_seed(i) for i in range(len(labels))]).images
+        return make_image_grid(images, rows=2, cols=len(labels) // 2 or 1)
 
 
 def export(args, accelerator, hooks: FineTuneHooks, state):
@@ -195,15 +194,8 @@ def export(args, accelerator, hooks: FineTuneHooks, state):
     folder = Path(args.output_dir, "pipeline")
     pipe = hooks.pipeline()
     pipe.save_pretrained(folder)
-    grid = make_image_grid(pipe(class_labels=hooks.grid_labels(),
-                                generator=[torch.Generator().manual_seed(i) for i in range(len(hooks.grid_labels()))]).images,
-                           rows=2, cols=len(hooks.grid_labels()) // 2 or 1)
-    grid.save(folder / "samples.png")
-    command = " ".join(["accelerate launch" if accelerator.num_processes > 1 else "python", *sys.argv])
-    hyper = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()))
-    description = (f"## Training\n\nFine-tuned ({args.mode}) for {state.step} steps with epg-diffusers:\n\n"
-                   f"```bash\n{command}\n```\n\n![samples](samples.png)\n\n| hyper-parameter | value |\n"
-                   f"| --- | --- |\n{hyper}\n")
+    hooks.sample_grid(pipe).save(folder / "samples.png")
+    description = runner.training_description(f"fine-tuned ({args.mode})", args, state.step) + "\n![samples](samples.png)\n"
     model_card(folder, str(folder), description).save(folder / "README.md")
     if args.push_to_hub:
         push_to_hub(str(folder), args.hub_model_id or Path(args.output_dir).name)

@@ -11,13 +11,14 @@ import copy
 import json
 import logging
 import math
-import sys
+from pathlib import Path
 
 import torch
 from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from epg_diffusers import RCMEncoderModel, sigmas as sm
+from epg_diffusers.hub import model_card, push_to_hub
 from epg_diffusers.models import model_from_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import (
@@ -151,9 +152,9 @@ def export(args, accelerator, online, state):
     if accelerator.is_main_process:
         folder = f"{args.output_dir}/encoder"
         accelerator.unwrap_model(online).save_pretrained(folder)  # SyncBatchNorm saves BatchNorm1d's keys
-        runner.write_model_card(folder, "RCM encoder", args, state.step, sys.argv)
+        model_card(folder, folder, runner.training_description("pre-trained", args, state.step)).save(f"{folder}/README.md")
         if args.push_to_hub:
-            runner.push_folder(folder, args.hub_model_id or args.output_dir.rstrip("/").split("/")[-1])
+            push_to_hub(folder, args.hub_model_id or Path(args.output_dir).name)
 
 
 if __name__ == "__main__":

@@ -276,46 +276,11 @@ class Throughput:
         return rate
 
 
-def push_folder(folder: str, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload an exported model folder (never checkpoints, optimiser states or logs) to the Hub."""
-    from huggingface_hub import HfApi
+def training_description(what: str, args, step: int) -> str:
+    """Model-card Markdown for a training export: the exact command and every hyper-parameter of the run."""
+    import sys
 
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, exist_ok=True, private=private).repo_id
-    api.upload_folder(
-        repo_id=repo_id, folder_path=folder, commit_message="Upload from epg-diffusers training",
-        ignore_patterns=["checkpoints/*", "checkpoint-*", "logs/*", "*.pkl", "optimizer*", "scheduler*.bin"],
-    )
-    return repo_id
-
-
-def write_model_card(folder: str, title: str, args, step: int, argv: list[str]):
-    """A model card (README.md) with metadata, the exact command and the hyper-parameters of the run."""
+    launcher = "accelerate launch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python"
     hyper = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()))
-    command = " ".join(["accelerate launch" if "accelerate" in argv[0] else "python", *argv])
-    card = f"""---
-library_name: diffusers
-tags: [epg, epg-diffusers, pixel-space, self-supervised]
----
-
-# {title}
-
-Trained with epg-diffusers for {step} steps.
-
-```python
-from epg_diffusers import RCMEncoderModel
-
-encoder = RCMEncoderModel.from_pretrained("{folder}")
-```
-
-Command:
-
-```bash
-{command}
-```
-
-| hyper-parameter | value |
-| --- | --- |
-{hyper}
-"""
-    Path(folder, "README.md").write_text(card)
+    return (f"## Training\n\n{what[0].upper() + what[1:]} for {step} steps with epg-diffusers:\n\n"
+            f"```bash\n{launcher} {' '.join(sys.argv)}\n```\n\n| hyper-parameter | value |\n| --- | --- |\n{hyper}\n")
