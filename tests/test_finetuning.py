@@ -27,6 +27,21 @@ def test_diffusion_loss_matches_reference(reference):
     assert (loss - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+def test_uniform_loss_weighting_is_the_plain_x0_mse(reference):
+    data = reference["sub"]("tiny32/dm_loss/")
+    model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/dm/"), **reference["generator_config"])
+    args = (model, data["x_start"], data["y"], data["noise"], data["sigma_unshifted_proposal"], 0.5)
+    with torch.no_grad():
+        uniform = diffusion_loss(*args, loss_weighting="uniform")
+        weighted = diffusion_loss(*args, loss_weighting="reference")
+    weights = (weighted / uniform).flatten(1)
+    # the reference weight is one number per sample (1 / grid spacing), far from 1; uniform is the bare error
+    assert torch.allclose(weights, weights[:, :1].expand_as(weights), rtol=1e-4)
+    assert weights.min() > 1.5
+    with pytest.raises(ValueError, match="`loss_weighting`"):
+        diffusion_loss(*args, loss_weighting="edm")
+
+
 def test_consistency_loss_matches_reference(reference):
     data, cm = reference["sub"]("tiny32/dm_loss/"), reference["sub"]("tiny32/cm_loss/")
     config = reference["generator_config"]

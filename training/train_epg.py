@@ -29,7 +29,7 @@ from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas, step_seed
 from epg_diffusers.training.data import SeededImageDataset, clean_view, load_image_dataset
 from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
-from epg_diffusers.training.objectives import consistency_loss, diffusion_loss
+from epg_diffusers.training.objectives import LOSS_WEIGHTINGS, consistency_loss, diffusion_loss
 from epg_diffusers.training.recipes import EPG_RECIPES
 
 logger = logging.getLogger("epg_diffusers.training")
@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--p_mean", type=float)
     add("--p_std", type=float)
     add("--grid_size", type=int, help="diffusion: Karras grid the proposal sigmas snap to")
+    add("--loss_weighting", choices=LOSS_WEIGHTINGS, help="diffusion: 'reference' 1/(sigma_i - sigma_i+1) (the paper) "
+        "or 'uniform' plain x0 MSE (tiny budgets, e.g. the digits defaults)")
     for name in ("ect_q", "ect_k", "ect_b", "huber_c", "aux_tau", "aux_weight"):
         add(f"--{name}", type=float)
     add("--ect_stage_length", type=int)
@@ -134,7 +136,8 @@ class FineTuneHooks:
         labels = torch.where(drop, self.config.num_classes, batch["label"])  # null class for guidance
         self.throughput.add(len(x0))
         if args.mode == "diffusion":
-            return {"loss": diffusion_loss(self.model, x0, labels, noise, sigma, self.shift, args.grid_size).flatten(1).mean(1)}
+            return {"loss": diffusion_loss(self.model, x0, labels, noise, sigma, self.shift, args.grid_size,
+                                                  args.loss_weighting).flatten(1).mean(1)}
         t = sigma.clamp(min=sm.SIGMA_MIN)
         r = ect_r_of_t(t, ect_stage(self.state.step, args.ect_stage_length, args.ect_stage_length),
                        args.ect_q, args.ect_k, args.ect_b)

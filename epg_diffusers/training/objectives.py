@@ -73,19 +73,33 @@ def collapse_diagnostic(encoder, x0: torch.Tensor, shift: float, sigmas=(0.002, 
     return result
 
 
-def diffusion_loss(model, x0, class_labels, noise, sigma_proposal, shift: float, grid_size: int = 1280):
+LOSS_WEIGHTINGS = ("reference", "uniform")
+
+
+def diffusion_loss(model, x0, class_labels, noise, sigma_proposal, shift: float, grid_size: int = 1280,
+                   loss_weighting: str = "reference"):
     """Element-wise weighted x-prediction loss of diffusion fine-tuning (reference notes section 5).
 
     The proposal sigma (unshifted, lognormal(-1.2, 1.6)) is snapped to the nearest point sigma_i of a
-    ``grid_size``-point Karras grid, weighted by 1 / (sigma_i - sigma_{i+1}) on that unshifted grid (sigma_N
-    continues the formula), then shifted: x_sigma = x0 + eps sigma H/64 and the network predicts x0 (D = F).
+    ``grid_size``-point Karras grid, then shifted: x_sigma = x0 + eps sigma H/64 and the network predicts x0
+    (D = F). ``loss_weighting`` w(sigma_i) multiplies (D - x0)^2:
+
+    * ``"reference"`` (the paper): 1 / (sigma_i - sigma_{i+1}) on the unshifted grid (sigma_N continues the
+      formula), about 2.6e4 at sigma_min and 3 at sigma_max, so low noise levels dominate the gradient;
+    * ``"uniform"``: 1, the plain x0 MSE. Not the paper's recipe: for tiny models and budgets (the digits
+      defaults), where the reference weighting leaves the high noise levels that decide the class untrained
+      (TRAINING.md, "Digits defaults").
     """
     from .curricula import snap_to_karras_grid
 
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"`loss_weighting` must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
     index = snap_to_karras_grid(sigma_proposal, grid_size)
     sigma = sm.karras_sigmas(grid_size).to(x0.device)[index]
-    sigma_next = sm.karras_sigmas_at(index + 1, grid_size)
-    weight = sm.expand_like(1.0 / (sigma - sigma_next), x0)
+    if loss_weighting == "reference":
+        weight = sm.expand_like(1.0 / (sigma - sm.karras_sigmas_at(index + 1, grid_size)), x0)
+    else:
+        weight = 1.0
     sigma_shifted = sigma * shift
     x0_hat = model(*network_inputs(x0 + noise * sm.expand_like(sigma_shifted, x0), sigma_shifted), class_labels,
                    return_dict=False)[0]

@@ -73,6 +73,7 @@ _DIFFUSION_PAPER = dict(
     p_mean=-1.2,
     p_std=1.6,
     grid_size=1280,
+    loss_weighting="reference",
     mixed_precision="bf16",
     num_inference_steps=32,
     guidance_scale=2.5,
