@@ -163,3 +163,21 @@ def test_finetuning_bad_input(encoder_folder, tmp_path):
     assert result.returncode != 0 and "does not fit the generator's encoder" in result.stderr
     result = run_epg("EPG-tiny/digits-diffusion", "--output_dir", str(tmp_path), "--max_train_steps", "2", check=False)
     assert result.returncode != 0 and "exactly one of `--encoder`" in result.stderr
+
+
+def test_digits_recipes_do_not_mirror_the_training_images():
+    import numpy as np
+    import PIL.Image
+
+    from epg_diffusers.training.data import clean_view
+    from epg_diffusers.training.recipes import EPG_RECIPES
+
+    assert EPG_RECIPES["EPG-XL/16"]["random_flip"] and not EPG_RECIPES["EPG-tiny/digits-diffusion"]["random_flip"]
+    image = PIL.Image.fromarray(np.tile(np.arange(16, dtype=np.uint8)[None, :, None] * 16, (16, 1, 3)))  # left-right ramp
+    views = {flip: [] for flip in (True, False)}
+    for flip, found in views.items():
+        for seed in range(8):
+            torch.manual_seed(seed)
+            found.append(clean_view(16, random_flip=flip)(image))
+    assert all(torch.equal(view, views[False][0]) for view in views[False])
+    assert any(not torch.equal(view, views[True][0]) for view in views[True])  # some seeds mirror it

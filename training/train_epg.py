@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--ema_decay", type=float)
     add("--label_dropout", type=float, help="probability of the null class (classifier-free guidance)")
     add("--decoder_dropout", type=float)
+    add("--random_flip", action=argparse.BooleanOptionalAction, default=None,
+        help="horizontal flips of the training images (the paper: on; the digits recipes: off)")
     add("--p_mean", type=float)
     add("--p_std", type=float)
     add("--grid_size", type=int, help="diffusion: Karras grid the proposal sigmas snap to")
@@ -97,7 +99,7 @@ def main(argv=None):
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
-    data = SeededImageDataset(dataset, {"x0": clean_view(resolution)}, args.seed)
+    data = SeededImageDataset(dataset, {"x0": clean_view(resolution, args.random_flip)}, args.seed)
     optimizer = torch.optim.AdamW(
         param_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
         betas=(args.adam_beta1, args.adam_beta2),

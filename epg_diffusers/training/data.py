@@ -122,13 +122,17 @@ def moco_view(resolution: int, blur_p: float, solarize_p: float):
     ])
 
 
-def clean_view(resolution: int):
-    """The clean branch: ADM center crop (a no-op on preprocessed data), horizontal flip, normalise."""
+def clean_view(resolution: int, random_flip: bool = True):
+    """The clean branch: ADM center crop (a no-op on preprocessed data), horizontal flip (the paper's), normalise.
+
+    ``random_flip=False`` for data whose mirror image is another thing (digits: a mirrored 2 is no 2).
+    """
     from torchvision.transforms import v2
 
     return v2.Compose([
         v2.Lambda(lambda im: im if im.size == (resolution, resolution) else adm_center_crop(im, resolution)),
-        v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True), normalize(),
+        *([v2.RandomHorizontalFlip()] if random_flip else []), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        normalize(),
     ])
 
 

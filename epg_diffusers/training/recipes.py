@@ -69,6 +69,7 @@ _DIFFUSION_PAPER = dict(
     clip_after_step=10_000,  # the reference clips only after warmup
     ema_decay=0.9999,
     label_dropout=0.1,
+    random_flip=True,
     decoder_dropout=0.0,
     p_mean=-1.2,
     p_std=1.6,
@@ -105,6 +106,7 @@ _CONSISTENCY_PAPER = dict(
 )
 _TINY = dict(
     dataset_name="digits",
+    random_flip=False,  # a mirrored digit is another glyph
     model=dict(sample_size=16, patch_size=4, depth=4, embed_dim=128, num_heads=4,
                decoder_depth=4, decoder_embed_dim=128, decoder_num_heads=4, num_classes=10),
     train_batch_size=64,
