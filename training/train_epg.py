@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--validation_steps", type=int, default=1000, help="sample a fixed-seed labelled grid every N steps")
     add("--num_inference_steps", type=int, help="sampling default written to the exported pipeline")
     add("--guidance_scale", type=float, help="sampling default written to the exported pipeline")
+    add("--guidance_interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help="sampling default written to the exported pipeline: guide while LOW < unshifted sigma <= HIGH")
     args = runner.resolve_arguments(parser, argv, EPG_RECIPES)
     if (args.encoder is None) == (not args.from_scratch):
         parser.error("pass exactly one of `--encoder` (a pre-trained encoder) and `--from_scratch`")
@@ -180,7 +182,8 @@ class FineTuneHooks:
             image_size=self.config.sample_size)
         pipe = EPGPipeline(model, scheduler, id2label=dict(enumerate(self.names)) if self.names else None,
                            default_num_inference_steps=self.args.num_inference_steps,
-                           default_guidance_scale=self.args.guidance_scale)
+                           default_guidance_scale=self.args.guidance_scale,
+                           default_guidance_interval=self.args.guidance_interval)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

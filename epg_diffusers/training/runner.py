@@ -56,7 +56,7 @@ def add_common_arguments(parser, presets: dict):
     add("--max_grad_norm", type=float, default=None, help="gradient clipping (off when unset)")
     add("--clip_after_step", type=int, default=None, help="clip only from this step on (e.g. after warmup)")
     add("--seed", type=int, default=0)
-    add("--dataloader_num_workers", type=int, default=2, help="augmentation worker processes")
+    add("--dataloader_num_workers", type=int, help="augmentation worker processes (recipes: 2; digits: 0)")
     add("--checkpointing_steps", type=int, default=5000)
     add("--checkpoints_total_limit", type=int, default=None)
     add("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
