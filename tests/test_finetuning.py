@@ -55,6 +55,20 @@ def test_consistency_loss_matches_reference(reference):
     assert model.out.weight.grad is not None and all(p.grad is None for p in perceptual.parameters())
 
 
+def test_uniform_consistency_weighting_drops_only_the_one_over_t_minus_r(reference):
+    data, cm = reference["sub"]("tiny32/dm_loss/"), reference["sub"]("tiny32/cm_loss/")
+    model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/cm/"), **reference["generator_config"]).eval()
+    perceptual = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_online/"), **reference["encoder_config"])
+    args = (model, model, perceptual.eval(), data["x_start"], data["y"], cm["noise"], cm["t_unshifted"], cm["r_unshifted"], 0.5)
+    with torch.no_grad():
+        paper = consistency_loss(*args)["consistency_loss"]
+        uniform = consistency_loss(*args, loss_weighting="uniform")["consistency_loss"]
+    gap = (cm["t_unshifted"] - cm["r_unshifted"]) * 0.5
+    assert torch.allclose(uniform, torch.where(gap > 0, paper * gap, 0.0), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="`loss_weighting`"):
+        consistency_loss(*args, loss_weighting="ect")
+
+
 def test_ect_mapping_matches_reference(reference):
     for row in reference["meta"]["ect_r_of_t"]:
         r = ect_r_of_t(torch.tensor(row["t"]), ect_stage(row["step"]))

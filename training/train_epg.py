@@ -53,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--p_mean", type=float)
     add("--p_std", type=float)
     add("--grid_size", type=int, help="diffusion: Karras grid the proposal sigmas snap to")
-    add("--loss_weighting", choices=LOSS_WEIGHTINGS, help="diffusion: 'reference' 1/(sigma_i - sigma_i+1) (the paper) "
-        "or 'uniform' plain x0 MSE (tiny budgets, e.g. the digits defaults)")
+    add("--loss_weighting", choices=LOSS_WEIGHTINGS, help="'reference' (the paper): 1/(sigma_i - sigma_i+1) for "
+        "diffusion, 1/(t - r) for consistency; 'uniform': 1 (tiny budgets, e.g. the digits defaults)")
     for name in ("ect_q", "ect_k", "ect_b", "huber_c", "aux_tau", "aux_weight"):
         add(f"--{name}", type=float)
     add("--ect_stage_length", type=int)
@@ -147,7 +147,8 @@ class FineTuneHooks:
                        args.ect_q, args.ect_k, args.ect_b)
         target = self.accelerator.unwrap_model(self.model)  # the stop-gradient target is the current online network
         return consistency_loss(self.model, target, self.perceptual, x0, labels, noise, t, r, self.shift,
-                                args.huber_c, args.aux_tau, args.aux_weight, self.accelerator.gather, rank * len(x0))
+                                args.huber_c, args.aux_tau, args.aux_weight, self.accelerator.gather, rank * len(x0),
+                                args.loss_weighting)
 
     def after_step(self):
         self.lr_scheduler.step()

@@ -114,12 +114,14 @@ def consistency_denoise(model, x_sigma, sigma, class_labels, shift: float) -> to
 
 def consistency_loss(model, target, perceptual, x0, class_labels, noise, t, r, shift: float,
                      huber_c: float = 0.06, aux_tau: float = 0.1, aux_weight: float = 1.0, gather=lambda v: v,
-                     offset: int = 0) -> dict[str, torch.Tensor]:
+                     offset: int = 0, loss_weighting: str = "reference") -> dict[str, torch.Tensor]:
     """Per-sample consistency fine-tuning loss (reference notes section 6; ECT with a perceptual NT-Xent).
 
     ``t`` > ``r`` are unshifted (ECT mapping); both share ``noise``. ``target`` is a stop-gradient copy of
     ``model`` run with the same dropout masks. Distance l = sum over pixels of (D - D^-)^2, used as
-    l / sqrt(l + c^2) (c not scaled with dimension), weighted by 1 / (t - r) on shifted values (0 where t = r).
+    l / sqrt(l + c^2) (c not scaled with dimension), weighted by 1 / (t - r) on shifted values (0 where t = r);
+    ``loss_weighting="uniform"`` weights every pair with t > r by 1 instead (not the paper's recipe; the digits
+    defaults, where 1 / (t - r) leaves the high noise levels of one-step sampling untrained).
     ``perceptual`` (a frozen pre-trained encoder in eval mode) embeds D(x_t) and x0 at sigma_min H/64 without
     noise; NT-Xent rows are the prediction's projector features, columns the clean images' (global batch).
     """
@@ -131,7 +133,10 @@ def consistency_loss(model, target, perceptual, x0, class_labels, noise, t, r, s
         denoised_target = consistency_denoise(target, x0 + noise * sm.expand_like(r_s, x0), r_s, class_labels, shift)
     squared = ((denoised - denoised_target) ** 2).flatten(1).sum(dim=1)
     distance = squared / (squared.detach() + huber_c**2).sqrt()
-    weight = torch.where(t_s > r_s, 1.0 / (t_s - r_s).clamp(min=1e-12), torch.zeros_like(t_s))
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"`loss_weighting` must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
+    per_pair = 1.0 / (t_s - r_s).clamp(min=1e-12) if loss_weighting == "reference" else torch.ones_like(t_s)
+    weight = torch.where(t_s > r_s, per_pair, torch.zeros_like(t_s))
     sigma0 = torch.tensor(sm.SIGMA_MIN * shift, device=x0.device)
     prediction = perceptual(*network_inputs(denoised, sigma0), return_dict=False)[0]
     with torch.no_grad():
