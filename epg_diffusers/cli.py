@@ -1,4 +1,4 @@
-"""The ``epg`` command: ``epg convert | sample | evaluate ...``.
+"""The ``epg`` command: ``epg convert | sample | grid | evaluate ...``.
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``; modules are
 imported only when their command runs, so ``epg --help`` stays fast.
@@ -12,6 +12,7 @@ COMMANDS = {
     "convert": ("epg_diffusers.conversion", "convert a reference checkpoint into a diffusers folder"),
     "push": ("epg_diffusers.hub", "push a saved pipeline or encoder folder to the Hub (no checkpoints)"),
     "sample": ("epg_diffusers.evaluation.sample", "sample many images (accelerate launch for several processes)"),
+    "grid": ("epg_diffusers.grid", "a labelled PNG grid of samples, one row per class (default: the shipped digits)"),
     "evaluate": ("epg_diffusers.evaluation.evaluate", "FID / sFID / IS / precision / recall of a sample npz"),
 }
 

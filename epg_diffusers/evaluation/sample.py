@@ -1,6 +1,7 @@
 """``epg sample``: N images from an EPG pipeline over every process, for evaluation at scale.
 
     epg sample org/EPG-XL16-imagenet256 --output-dir samples --num-samples 50000 --guidance-scale 2.5
+    epg sample --output-dir samples/digits --num-samples 1000    # the shipped digits pipeline (epg_diffusers.defaults)
     accelerate launch --num_processes 8 -m epg_diffusers.cli sample ...    # the same images on 8 processes
 
 Image ``i`` (0 <= i < N) starts from the noise of ``torch.Generator("cpu").manual_seed(seed + i)`` and has class
@@ -28,10 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..defaults import DIFFUSION_PIPELINE, DTYPES, default_pipeline, load_pipeline
 from .labels import LABEL_MODES, sample_labels
 from .npz import write_images_npz
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAVE_MODES = ("npz", "png", "both")
 SAMPLES_NPZ, SETTINGS_JSON, PARTS, PNG_DIR = "samples.npz", "settings.json", "parts", "images"
 # settings that may change between a run and its resumption: they do not change any image
@@ -250,25 +251,11 @@ def run_batches(pipe, output_dir: str, remaining: np.ndarray, labels: np.ndarray
             progress.set_postfix(img_s_per_process=f"{sampled / (time.perf_counter() - start):.2f}")
 
 
-def load_pipeline(pipeline: str, dtype: str = "fp32", revision: str | None = None):
-    """``EPGPipeline.from_pretrained`` of a folder or Hub repo id, with clear errors for a missing pipeline."""
-    from ..pipelines import EPGPipeline
-
-    if dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {tuple(DTYPES)}, got {dtype!r}.")
-    if os.path.isdir(pipeline) and not os.path.isfile(os.path.join(pipeline, "model_index.json")):
-        raise ValueError(f"`pipeline`={pipeline!r} is a folder without model_index.json, not a saved pipeline.")
-    try:
-        pipe = EPGPipeline.from_pretrained(pipeline, dtype=DTYPES[dtype], revision=revision)
-    except Exception as error:  # not found locally nor on the Hub, offline, corrupt files
-        raise ValueError(f"cannot load `pipeline`={pipeline!r}: {error}") from error
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``epg sample``."""
-    parser.add_argument("pipeline", help="a saved EPG pipeline folder or a Hub repo id (org/name)")
+    parser.add_argument("pipeline", nargs="?", default=None,
+                        help="a saved EPG pipeline folder or a Hub repo id (org/name); default: the shipped "
+                             f"digits diffusion pipeline, pipelines/{DIFFUSION_PIPELINE} of a repository checkout")
     parser.add_argument("--output-dir", required=True, help="settings.json, samples.npz and/or images/ go here")
     parser.add_argument("--num-samples", type=int, default=50000, help="N, the size of the set")
     parser.add_argument("--labels", choices=LABEL_MODES, default="balanced",
@@ -300,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the pipeline and sample (see the module docstring)."""
     from accelerate import PartialState
 
+    args.pipeline = args.pipeline or default_pipeline()  # recorded in settings.json as the model actually used
     state = PartialState(cpu=not torch.accelerator.is_available())
     pipe = load_pipeline(args.pipeline, args.dtype, args.revision).to(state.device)
     if args.compile:

@@ -18,6 +18,7 @@ import gradio as gr
 import torch
 
 from epg_diffusers import EPGPipeline
+from epg_diffusers.defaults import CONSISTENCY_PIPELINE, DIFFUSION_PIPELINE
 
 HERE = Path(__file__).resolve().parent
 MAX_IMAGES = 8  # images per request
@@ -30,7 +31,11 @@ DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 
 
 def model_path(env: str, folder: str) -> str:
-    """The model named in ``$env`` (a folder or a Hub repo id), else the shipped pipeline folder ``folder``."""
+    """The model named in ``$env`` (a folder or a Hub repo id), else the shipped pipeline folder ``folder``.
+
+    Looked up here rather than with ``epg_diffusers.defaults.default_pipeline``: in a Space the package is installed
+    from the registry and the pipeline folders sit next to this file.
+    """
     if os.environ.get(env):
         return os.environ[env]
     for root in (HERE, HERE.parent):
@@ -47,8 +52,8 @@ def load(path: str) -> EPGPipeline:
 
 # Loaded once at start-up; every request reuses them (the queue runs one request at a time, see below).
 PIPES = {
-    "diffusion": load(model_path("EPG_MODEL_ID", "epg-digits-diffusion")),
-    "consistency": load(model_path("EPG_CONSISTENCY_MODEL_ID", "epg-digits-consistency")),
+    "diffusion": load(model_path("EPG_MODEL_ID", DIFFUSION_PIPELINE)),
+    "consistency": load(model_path("EPG_CONSISTENCY_MODEL_ID", CONSISTENCY_PIPELINE)),
 }
 CLASS_NAMES = {int(idx): name for idx, name in PIPES["diffusion"].config.id2label.items()}
 CLASSES = [(name, idx) for idx, name in sorted(CLASS_NAMES.items())]  # (shown, value) pairs for the picker
