@@ -133,11 +133,11 @@ EPG_RECIPES: dict[str, dict] = {
     # The shipped digits defaults (pipelines/epg-digits-*). Departures from the paper recipe, for a 2M-parameter
     # model trained for minutes on a CPU (TRAINING.md, "Digits defaults"): plain x0 MSE instead of the 1/dsigma
     # weighting, lr 1e-3, a proposal centred one e-fold higher (more of the high noise levels that decide the
-    # class), no flips, and guidance at every noise level.
+    # class), no flips, guidance 3; consistency: weight 1 instead of 1/(t - r).
     "EPG-tiny/digits-diffusion": {**_DIFFUSION_PAPER, **_TINY, "encoder_preset": "RCM-tiny/digits",
                                   "loss_weighting": "uniform", "p_mean": 0.0, "max_train_steps": 6000,
-                                  "guidance_scale": 3.0, "guidance_interval": (0.0, 80.0)},
+                                  "guidance_scale": 3.0},
     "EPG-tiny/digits-consistency": {**_CONSISTENCY_PAPER, **_TINY, "encoder_preset": "RCM-tiny/digits",
-                                    "max_train_steps": 5000, "lr_step_milestones": (3500, 4250),
+                                    "loss_weighting": "uniform", "max_train_steps": 5000, "lr_step_milestones": (3500, 4250),
                                     "ect_stage_length": 800},
 }
