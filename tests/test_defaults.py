@@ -42,7 +42,10 @@ def test_readme_quick_start_is_what_ci_runs():
     assert command.stdout.count("\n") == 1 and "pip install -e . && epg grid --output " in command.stdout
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
-    assert "\n.ci/quickstart\n" in ci and "Measured quality: see pipelines/epg-digits-diffusion/README.md" in readme
+    assert "\n.ci/quickstart\n" in ci
+    for name in (defaults.DIFFUSION_PIPELINE, defaults.CONSISTENCY_PIPELINE):  # each card states its measured quality
+        assert f"pipelines/{name}/README.md" in readme
+        assert "## Measured quality" in (ROOT / "pipelines" / name / "README.md").read_text()
     install_and_test = ("pip install torch==2.14.1 torchvision==0.29.1", 'pip install -e ".[test]"',
                         "python -m pytest -q tests")
     for line in install_and_test:
