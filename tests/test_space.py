@@ -4,6 +4,7 @@ The app runs as a subprocess on a free localhost port, serving tiny pipelines sa
 Screenshots go to tests/artifacts/ (kept by CI as test artifacts).
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -51,23 +52,13 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float
     pytest.fail(f"the demo did not answer at {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """Start the demo on tiny diffusion and consistency pipelines; yield its URL."""
-    folder = tmp_path_factory.mktemp("space")
-    tiny_pipeline().save_pretrained(folder / "diffusion")
-    tiny_pipeline(consistency=True).save_pretrained(folder / "consistency")
+@contextlib.contextmanager
+def serve(folder: Path, models: dict[str, str]):
+    """Run the demo (with the model variables ``models``; none: the shipped pipelines) and yield its URL."""
     port, log = free_port(), folder / "app.log"
-    env = {
-        **os.environ,
-        "EPG_MODEL_ID": str(folder / "diffusion"),
-        "EPG_CONSISTENCY_MODEL_ID": str(folder / "consistency"),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = {key: value for key, value in os.environ.items() if key not in ("EPG_MODEL_ID", "EPG_CONSISTENCY_MODEL_ID")}
+    env.update(models, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -80,6 +71,17 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """The demo on tiny diffusion and consistency pipelines (fast, with ImageNet class names)."""
+    folder = tmp_path_factory.mktemp("space")
+    tiny_pipeline().save_pretrained(folder / "diffusion")
+    tiny_pipeline(consistency=True).save_pretrained(folder / "consistency")
+    with serve(folder, {"EPG_MODEL_ID": str(folder / "diffusion"),
+                        "EPG_CONSISTENCY_MODEL_ID": str(folder / "consistency")}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -87,17 +89,25 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, app_url, request):
+@contextlib.contextmanager
+def open_page(browser, url: str, request):
     """A fresh page on the demo; its final state (passed or failed) is kept as tests/artifacts/<test>.png."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(app_url, wait_until="domcontentloaded")
-    expect(page.locator("#generate")).to_be_visible()
-    yield page
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"space-{request.node.name.removeprefix('test_')}.png", full_page=True)
-    page.close()
+    try:
+        page.goto(url, wait_until="domcontentloaded")
+        expect(page.locator("#generate")).to_be_visible()
+        yield page
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / f"space-{request.node.name.removeprefix('test_')}.png", full_page=True)
+        page.close()
+
+
+@pytest.fixture
+def page(browser, app_url, request):
+    with open_page(browser, app_url, request) as page:
+        yield page
 
 
 def pick_class(page, name: str):
@@ -177,3 +187,16 @@ def test_fixed_seed_is_kept_and_captioned(page):
     expect(page.locator("#status")).to_contain_text("network evaluations per image:")
     expect(page.locator("#seed input")).to_have_value("123")
     expect(page.locator("#gallery")).to_contain_text("seed 123")
+
+
+def test_the_shipped_digits_pipelines_are_the_default(browser, tmp_path, request):
+    """No model configured: the demo serves pipelines/epg-digits-diffusion and -consistency."""
+    with serve(tmp_path, {}) as url, open_page(browser, url, request) as page:
+        pick_class(page, "7")
+        generate(page)  # the pipeline's defaults: 32 Heun points, guidance 3 in (0.19, 1.61]
+        expect(page.locator("#status")).to_contain_text("network evaluations per image: 74")
+        expect(page.locator("#gallery img")).to_have_count(4)
+        page.get_by_label("One-step (consistency)").check()
+        generate(page)
+        expect(page.locator("#status")).to_contain_text("network evaluations per image: 1")
+        expect(page.locator("#gallery img").first).to_be_visible()
