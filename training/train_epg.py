@@ -140,8 +140,8 @@ class FineTuneHooks:
         labels = torch.where(drop, self.config.num_classes, batch["label"])  # null class for guidance
         self.throughput.add(len(x0))
         if args.mode == "diffusion":
-            return {"loss": diffusion_loss(self.model, x0, labels, noise, sigma, self.shift, args.grid_size,
-                                                  args.loss_weighting).flatten(1).mean(1)}
+            loss = diffusion_loss(self.model, x0, labels, noise, sigma, self.shift, args.grid_size, args.loss_weighting)
+            return {"loss": loss.flatten(1).mean(1)}
         t = sigma.clamp(min=sm.SIGMA_MIN)
         r = ect_r_of_t(t, ect_stage(self.state.step, args.ect_stage_length, args.ect_stage_length),
                        args.ect_q, args.ect_k, args.ect_b)

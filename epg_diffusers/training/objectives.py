@@ -76,6 +76,12 @@ def collapse_diagnostic(encoder, x0: torch.Tensor, shift: float, sigmas=(0.002, 
 LOSS_WEIGHTINGS = ("reference", "uniform")
 
 
+def check_loss_weighting(loss_weighting: str) -> None:
+    """Refuse an unknown ``loss_weighting`` before any network runs."""
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"`loss_weighting` must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
+
+
 def diffusion_loss(model, x0, class_labels, noise, sigma_proposal, shift: float, grid_size: int = 1280,
                    loss_weighting: str = "reference"):
     """Element-wise weighted x-prediction loss of diffusion fine-tuning (reference notes section 5).
@@ -92,8 +98,7 @@ def diffusion_loss(model, x0, class_labels, noise, sigma_proposal, shift: float,
     """
     from .curricula import snap_to_karras_grid
 
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"`loss_weighting` must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
+    check_loss_weighting(loss_weighting)
     index = snap_to_karras_grid(sigma_proposal, grid_size)
     sigma = sm.karras_sigmas(grid_size).to(x0.device)[index]
     if loss_weighting == "reference":
@@ -125,6 +130,7 @@ def consistency_loss(model, target, perceptual, x0, class_labels, noise, t, r, s
     ``perceptual`` (a frozen pre-trained encoder in eval mode) embeds D(x_t) and x0 at sigma_min H/64 without
     noise; NT-Xent rows are the prediction's projector features, columns the clean images' (global batch).
     """
+    check_loss_weighting(loss_weighting)
     t_s, r_s = t * shift, r * shift
     devices = [x0.device] if x0.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the target reuses the online pass's dropout masks
@@ -133,8 +139,6 @@ def consistency_loss(model, target, perceptual, x0, class_labels, noise, t, r, s
         denoised_target = consistency_denoise(target, x0 + noise * sm.expand_like(r_s, x0), r_s, class_labels, shift)
     squared = ((denoised - denoised_target) ** 2).flatten(1).sum(dim=1)
     distance = squared / (squared.detach() + huber_c**2).sqrt()
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"`loss_weighting` must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
     per_pair = 1.0 / (t_s - r_s).clamp(min=1e-12) if loss_weighting == "reference" else torch.ones_like(t_s)
     weight = torch.where(t_s > r_s, per_pair, torch.zeros_like(t_s))
     sigma0 = torch.tensor(sm.SIGMA_MIN * shift, device=x0.device)
