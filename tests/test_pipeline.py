@@ -63,13 +63,14 @@ def test_mismatched_scheduler_resolution_is_refused():
 
 
 @pytest.mark.parametrize("consistency, steps", [(False, 4), (True, 3)])
-def test_batch_and_single_give_identical_images(consistency, steps):
+def test_an_image_does_not_depend_on_its_batch(consistency, steps):
+    """Each image draws from its own generator; CPU kernels of other batch shapes move floats by ~2e-4 at most."""
     pipe = tiny_pipeline(consistency=consistency)
     kwargs = dict(num_inference_steps=steps, guidance_scale=2.0, guidance_interval=(0.0, float("inf")), output_type="pt")
     batch = pipe(class_labels=[1, 2, 3], generator=seeded(3), **kwargs).images
     for i, label in enumerate([1, 2, 3]):
         single = pipe(class_labels=label, generator=seeded(1, start=i), **kwargs).images
-        assert torch.equal(single[0], batch[i])
+        torch.testing.assert_close(single[0], batch[i], atol=1e-3, rtol=0)
     again = pipe(class_labels=[1, 2, 3], generator=seeded(3), **kwargs).images
     assert torch.equal(again, batch)  # same seeds, same images
     other = pipe(class_labels=[1, 2, 3], generator=seeded(3, start=10), **kwargs).images
