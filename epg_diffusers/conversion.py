@@ -24,14 +24,19 @@ from pathlib import Path
 
 import torch
 
-from .hub import model_card, push_to_hub, save_for_hub
+from . import sigmas as sm
+from .cli import finite_float, positive_int, sigma_float
+from .hub import push_to_hub, save_for_hub
+from .model_card import IMAGENET, model_card
 from .models import EPGTransformer2DModel, RCMEncoderModel, get_preset
 from .models.single_file import check_state_dict, load_state_dict_file
 from .pipelines import EPGPipeline
 from .schedulers import EPGConsistencyScheduler, EPGHeunScheduler
 
 KINDS = ("diffusion", "consistency", "encoder")
-GUIDANCE_INTERVAL = (0.19, 1.61)  # unshifted sigma, (low, high]: the reference's interval
+# The reference publishes no license for its weights: cards of converted folders point at its repo for the terms.
+REFERENCE_LICENSE = dict(license="other", license_name="epg-reference-weights",
+                         license_link="https://huggingface.co/jiachenlei/EPG")
 
 
 @dataclass(frozen=True)
@@ -164,9 +169,9 @@ def build_pipeline(model, kind: str, steps: int | None, guidance_scale: float | 
         model,
         scheduler_class(image_size=model.config.sample_size),
         id2label={0: "unconditional"} if model.config.num_classes == 1 else None,
-        default_num_inference_steps=steps or (32 if kind == "diffusion" else 1),
+        default_num_inference_steps=steps or scheduler_class.default_num_inference_steps,
         default_guidance_scale=1.0 if guidance_scale is None else guidance_scale,
-        default_guidance_interval=list(interval or GUIDANCE_INTERVAL),
+        default_guidance_interval=list(interval or sm.GUIDANCE_INTERVAL),
     )
 
 
@@ -239,18 +244,20 @@ def convert(
     save_for_hub(obj, output_dir, fp16_variant)
     scores = published if published is not None and published.kind == kind else None  # not for a forced --kind
     description = _provenance(checkpoint, kind, conditional, scores)
-    model_card(output_dir, repo_id or str(output_dir), description).save(output_dir / "README.md")
+    model_card(output_dir, repo_id or str(output_dir), description, datasets=[IMAGENET] if published else None,
+               **REFERENCE_LICENSE).save(output_dir / "README.md")
     return Converted(output_dir, checkpoint, kind, conditional, preset)
 
 
 _ARCH_ARGS = {  # CLI flag -> (type, help); names are the model config's
-    "sample_size": (int, "image size in pixels"), "patch_size": (int, "patch size"),
-    "depth": (int, "encoder blocks"), "embed_dim": (int, "encoder width"), "num_heads": (int, "encoder heads"),
-    "decoder_depth": (int, "decoder blocks"), "decoder_embed_dim": (int, "decoder width"),
-    "decoder_num_heads": (int, "decoder heads"), "mlp_ratio": (float, "MLP width / width"),
-    "num_classes": (int, "classes (default: from class_embed.weight)"),
-    "projector_hidden_dim": (int, "encoder projector hidden width (default: from the weights)"),
-    "projector_dim": (int, "encoder projector output width (default: from the weights)"),
+    "sample_size": (positive_int, "image size in pixels"), "patch_size": (positive_int, "patch size"),
+    "depth": (positive_int, "encoder blocks"), "embed_dim": (positive_int, "encoder width"),
+    "num_heads": (positive_int, "encoder heads"),
+    "decoder_depth": (positive_int, "decoder blocks"), "decoder_embed_dim": (positive_int, "decoder width"),
+    "decoder_num_heads": (positive_int, "decoder heads"), "mlp_ratio": (float, "MLP width / width"),
+    "num_classes": (positive_int, "classes (default: from class_embed.weight)"),
+    "projector_hidden_dim": (positive_int, "encoder projector hidden width (default: from the weights)"),
+    "projector_dim": (positive_int, "encoder projector output width (default: from the weights)"),
 }
 
 
@@ -263,9 +270,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=KINDS, help="checkpoint kind (default: from keys and folder name)")
     parser.add_argument("--weights", choices=("ema", "online"),
                         help="nnet_ema.pth or nnet.pth (default: nnet_ema.pth if present)")
-    parser.add_argument("--num-inference-steps", type=int, help="default steps stored in the pipeline")
-    parser.add_argument("--guidance-scale", type=float, help="default guidance scale stored in the pipeline")
-    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+    parser.add_argument("--num-inference-steps", type=positive_int, help="default steps stored in the pipeline")
+    parser.add_argument("--guidance-scale", type=finite_float, help="default guidance scale stored in the pipeline")
+    parser.add_argument("--guidance-interval", type=sigma_float, nargs=2, metavar=("LOW", "HIGH"),
                         help="default guidance interval, unshifted sigma (LOW, HIGH] (default: 0.19 1.61)")
     parser.add_argument("--fp16-variant", action=argparse.BooleanOptionalAction, default=True,
                         help="also write *.fp16.safetensors weights (default: yes)")

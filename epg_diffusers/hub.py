@@ -1,16 +1,16 @@
-"""The Hugging Face Hub: resolving repo ids to local snapshots, model cards and ``push_to_hub``.
+"""The Hugging Face Hub: resolving repo ids to local snapshots, and pushing saved folders (``epg push``).
 
-diffusers 0.42 cannot load a third-party package's pipeline from a repo id by itself (its download step
-looks for the components' modules inside the repo), so :meth:`EPGPipeline.from_pretrained` first turns a
-repo id into a local snapshot with :func:`snapshot_path`. Pushing uploads an explicit list of files (the
-pipeline or model layout, safetensors only) and never optimizer states, accelerate checkpoints or logs.
+:meth:`EPGPipeline.from_pretrained` turns a repo id into a local snapshot with :func:`snapshot_path` and loads this
+package's classes from it (diffusers' own download would pick the repo's generated code, which needs
+``trust_remote_code=True``). Pushing uploads an explicit list of files (the pipeline or model layout, the generated
+code, safetensors only) and never optimizer states, accelerate checkpoints or logs; a missing model card is
+written with :mod:`epg_diffusers.model_card`.
 """
 
 import argparse
 import glob
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData, is_offline_mode, snapshot_download
 
 from . import __version__
+from .model_card import model_card, retarget
+from .remote_code import has_remote_code, write_remote_code
 
 # Never uploaded nor downloaded, whatever else a folder or repo holds (training output, resume state, logs).
 NEVER_UPLOAD = [
@@ -27,7 +29,6 @@ NEVER_UPLOAD = [
 _COMPONENT_FILES = ["config.json", "scheduler_config.json", "*.safetensors", "*.safetensors.index*.json"]
 _ROOT_FILES = ["README.md", "*.png", "*.jpg", "*.jpeg", "*.webp"]
 _VARIANT_WEIGHTS = "*/*.*.safetensors"  # diffusion_pytorch_model.<variant>[-0000k-of-0000n].safetensors
-CARD_TAGS = ["epg", "epg-diffusers", "pixel-space", "image-generation"]
 
 
 def snapshot_path(
@@ -67,15 +68,21 @@ def snapshot_path(
 
 
 def upload_files(folder: str | os.PathLike) -> list[str]:
-    """The files of a pipeline folder (``model_index.json``) or model folder (``config.json``) that get pushed."""
+    """The files of a pipeline folder (``model_index.json``) or model folder (``config.json``) that get pushed.
+
+    A pipeline's generated code (``pipeline_epg.py`` and each component's module, as ``model_index.json`` names
+    them) goes with it, so that diffusers alone can load the repo.
+    """
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         index = json.loads((folder / "model_index.json").read_text())
-        components = sorted(k for k, v in index.items() if isinstance(v, list) and len(v) == 2
-                            and all(isinstance(x, str) for x in v))  # ["library", "ClassName"]
+        entries = {k: v for k, v in index.items() if isinstance(v, list) and len(v) == 2
+                   and all(isinstance(x, str) for x in v)}  # ["library or code module", "ClassName"]
         files = ["model_index.json"]
-        for component in components:
-            files += _component_files(folder, component)
+        for name, (module, _) in sorted(entries.items()):
+            code = f"{module}.py" if name == "_class_name" else f"{name}/{module}.py"
+            files += [code] if (folder / code).is_file() else []
+            files += [] if name == "_class_name" else _component_files(folder, name)
     elif (folder / "config.json").is_file():
         files = _component_files(folder, "")
     else:
@@ -105,119 +112,6 @@ def _component_files(folder: Path, component: str) -> list[str]:
     return files
 
 
-def _describe(folder: Path) -> dict:
-    """What a model card says about a saved pipeline or model, read from its configs (no weights loaded)."""
-    from . import schedulers
-    from .models import EPGTransformer2DModel, RCMEncoderModel
-    from .pipelines import EPGPipeline
-
-    if not (folder / "model_index.json").is_file():
-        config = RCMEncoderModel.load_config(folder)
-        return dict(kind="encoder", model=config)
-    index = json.loads((folder / "model_index.json").read_text())
-    scheduler_class = getattr(schedulers, index["scheduler"][1])
-    scheduler = scheduler_class.from_config(scheduler_class.load_config(folder / "scheduler"))
-    with torch.device("meta"):  # configs only: no weights read, no memory used
-        transformer = EPGTransformer2DModel.from_config(EPGTransformer2DModel.load_config(folder / "transformer"))
-    options = {k: index[k] for k in ("id2label", "image_mean", "image_std") if k in index}
-    options.update({k: index[k] for k in index if k.startswith("default_")})
-    pipe = EPGPipeline(transformer, scheduler, **options)
-    steps = pipe.config.default_num_inference_steps or (32 if scheduler.order == 2 else 1)
-    scale, interval = pipe.config.default_guidance_scale, pipe.config.default_guidance_interval
-    scheduler.set_timesteps(steps)
-    evaluations = len(scheduler.timesteps) + sum(pipe.guided_steps(scale, interval))
-    kind = "consistency" if scheduler.order == 1 else "diffusion"
-    n, names = transformer.config.num_classes, pipe.config.id2label
-    ids = [207, 1] if n == 1000 else list(range(min(n, 2)))
-    example = ids[:1] + [names[i].split(",")[0] if i in names else i for i in ids[1:]]  # an id and a name
-    return dict(kind=kind, model=dict(transformer.config), scheduler=scheduler_class.__name__, steps=steps,
-                guidance_scale=scale, guidance_interval=interval, evaluations=evaluations, example=example)
-
-
-def _usage(info: dict, repo_id: str) -> str:
-    if info["kind"] == "encoder":
-        return (
-            "```python\nimport torch\nfrom epg_diffusers import RCMEncoderModel  # pip install epg-diffusers\n"
-            "from epg_diffusers import sigmas as sm\n\n"
-            f'encoder = RCMEncoderModel.from_pretrained("{repo_id}")\n'
-            "size = encoder.config.sample_size\n"
-            "sigma = torch.tensor([0.5 * sm.resolution_shift(size)])  # shifted noise level\n"
-            "x_sigma = torch.randn(1, 3, size, size)  # a noisy image in normalised pixels\n"
-            "out = encoder(sm.c_in(sigma)[:, None, None, None] * x_sigma, sm.sigma_to_time(sigma))\n"
-            "out.features, out.projection  # normed CLS token, projector output\n```\n"
-        )
-    return (
-        "```python\nimport torch\nfrom epg_diffusers import EPGPipeline  # pip install epg-diffusers\n\n"
-        f'pipe = EPGPipeline.from_pretrained("{repo_id}")\n'
-        'pipe.to("cuda" if torch.cuda.is_available() else "cpu")\n'
-        "generator = [torch.Generator().manual_seed(i) for i in range(2)]\n"
-        f"out = pipe(class_labels={json.dumps(info['example'])}, generator=generator)\n"
-        'out.images[0].save("sample.png")\n'
-        f"print(out.num_network_evaluations)  # {info['evaluations']}\n```\n"
-    )
-
-
-def _details(info: dict) -> str:
-    m = info["model"]
-    lines = ["| | |", "| --- | --- |", f"| image size | {m['sample_size']} px, patch {m['patch_size']} |",
-             f"| encoder depth / width / heads | {m['depth']} / {m['embed_dim']} / {m['num_heads']} |"]
-    if info["kind"] == "encoder":
-        lines.append(f"| projector hidden / output | {m['projector_hidden_dim']} / {m['projector_dim']} |")
-        return "\n".join(lines) + "\n"
-    classes = "unconditional (one class, label 0)" if m["num_classes"] == 1 else (
-        f"{m['num_classes']} (label {m['num_classes']} is the null class)")
-    steps = f"{info['steps']} grid points" if info["kind"] == "diffusion" else f"{info['steps']} step(s)"
-    decoder = f"{m['decoder_depth']} / {m['decoder_embed_dim']} / {m['decoder_num_heads']}"
-    lines += [
-        f"| decoder depth / width / heads | {decoder} |",
-        f"| classes | {classes} |",
-        f"| scheduler | `{info['scheduler']}`, {steps} by default |",
-    ]
-    if info["kind"] == "diffusion":
-        (low, high), scale = info["guidance_interval"] or (0, "inf"), info["guidance_scale"]
-        guidance = f"scale {scale} for unshifted sigma in ({low}, {high}]" if scale != 1 else "off (scale 1)"
-        lines.append(f"| guidance | {guidance} |")
-    lines.append(f"| network evaluations per image | {info['evaluations']} |")
-    return "\n".join(lines) + "\n"
-
-
-def model_card(folder: str | os.PathLike, repo_id: str, description: str = "", license: str | None = None) -> ModelCard:
-    """A model card for a saved EPG pipeline or encoder whose first code block is the real usage.
-
-    Args:
-        folder: the saved pipeline (``model_index.json``) or ``RCMEncoderModel`` folder.
-        repo_id: the repo id (or path) that the usage snippet loads.
-        description: extra Markdown (provenance, scores, training details) placed after the details table.
-        license: an optional license identifier for the card metadata.
-    """
-    info = _describe(Path(folder))
-    what = {
-        "diffusion": "a class-conditional EPG diffusion model (x-prediction, guided Heun sampling)",
-        "consistency": "an EPG one-step consistency model",
-        "encoder": "an RCM encoder (EPG stage 1, self-supervised pre-training)",
-    }[info["kind"]]
-    tags = CARD_TAGS + (["rcm", "self-supervised"] if info["kind"] == "encoder" else [info["kind"]])
-    tags += ["imagenet"] if info["model"].get("num_classes") == 1000 else []
-    data = ModelCardData(library_name="diffusers", license=license, tags=tags)
-    name = repo_id.rstrip("/").split("/")[-1]
-    text = (
-        f"---\n{data.to_yaml()}\n---\n\n# {name}\n\n"
-        f"{what[0].upper() + what[1:]} that generates in pixel space without a VAE "
-        '(EPG, "There is No VAE", ICLR 2026), in diffusers format.\n\n## Usage\n\n'
-        f"{_usage(info, repo_id)}\n"
-        "Load it with the `epg-diffusers` package (`pip install epg-diffusers`): diffusers' generic "
-        "`DiffusionPipeline.from_pretrained` cannot resolve this package's components from a repo id.\n\n"
-        f"## Details\n\n{_details(info)}"
-        + (f"\n{description.strip()}\n" if description.strip() else "")
-    )
-    return ModelCard(text)
-
-
-def _retarget(card_text: str, repo_id: str) -> str:
-    """Point the usage snippet of an existing EPG card at ``repo_id``."""
-    return re.sub(r'(\b(?:EPGPipeline|RCMEncoderModel)\.from_pretrained\()"[^"]*"', rf'\1"{repo_id}"', card_text)
-
-
 def save_for_hub(obj, folder: str | os.PathLike, fp16_variant: bool = False) -> Path:
     """Save a pipeline or model with safetensors (plus an optional fp16 variant of the weights)."""
     folder = Path(folder)
@@ -245,9 +139,10 @@ def push_to_hub(
     """Push a saved folder, or an ``EPGPipeline`` / ``RCMEncoderModel`` object, to the Hub.
 
     Only the pipeline or model layout is uploaded (``model_index.json``, component configs, safetensors
-    weights, ``README.md`` and root images); optimizer states, ``checkpoint-*`` folders, pickles and logs never
-    are. The folder's ``README.md`` is written when missing (or when ``model_card_text`` is given) and an
-    existing EPG card's usage snippet is pointed at ``repo_id``.
+    weights, the generated code, ``README.md`` and root images); optimizer states, ``checkpoint-*`` folders,
+    pickles and logs never are. A pipeline folder without generated code (saved by an earlier version) gets it.
+    The folder's ``README.md`` is written when missing (or when ``model_card_text`` is given) and an existing EPG
+    card's usage snippets are pointed at ``repo_id``.
 
     Args:
         source: a folder path, or a pipeline / model (saved to a temporary folder first).
@@ -263,11 +158,13 @@ def push_to_hub(
                                commit_message=commit_message, model_card_text=model_card_text)
     folder = Path(source)
     upload_files(folder)  # validates the layout before anything is written or created
+    if (folder / "model_index.json").is_file() and not has_remote_code(folder):
+        write_remote_code(folder)  # a folder saved by an earlier version: add the code diffusers alone needs
     readme = folder / "README.md"
     if model_card_text is not None:
         readme.write_text(model_card_text)
     elif readme.is_file():
-        readme.write_text(_retarget(readme.read_text(), repo_id))
+        readme.write_text(retarget(readme.read_text(), repo_id))
     else:
         model_card(folder, repo_id).save(readme)
     api = HfApi(token=token)

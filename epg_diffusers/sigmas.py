@@ -17,6 +17,7 @@ SIGMA_MAX = 80.0
 RHO = 7.0
 SIGMA_DATA = 0.5
 PREDICTION_TYPES = ("sample", "boundary_condition")
+GUIDANCE_INTERVAL = (0.19, 1.61)  # unshifted (low, high] where the reference applies guidance
 
 
 def resolution_shift(image_size: int) -> float:
@@ -79,6 +80,17 @@ def sigma_to_time(sigma: torch.Tensor) -> torch.Tensor:
 def time_to_sigma(time: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`sigma_to_time`."""
     return torch.exp(time / 250.0)
+
+
+def guided_evaluations(sigmas: torch.Tensor, guidance_scale: float, guidance_interval) -> list[bool]:
+    """Which evaluations, at unshifted ``sigmas``, run guidance: sigma in (low, high] (low exclusive, as the
+    reference); every one when ``guidance_interval`` is None; none when ``guidance_scale`` is 1."""
+    if guidance_scale == 1.0:
+        return [False] * len(sigmas)
+    if guidance_interval is None:
+        return [True] * len(sigmas)
+    low, high = guidance_interval
+    return [low < sigma <= high for sigma in sigmas.tolist()]
 
 
 def expand_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

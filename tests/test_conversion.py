@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import yaml
 import torch
 
 from epg_diffusers import (
@@ -48,7 +49,8 @@ def test_diffusion_checkpoint_reproduces_the_reference(tmp_path, reference):
     assert result.checkpoint.name == "nnet_ema.pth" and result.kind == "diffusion" and result.class_conditional
     names = {str(p.relative_to(result.output_dir)) for p in result.output_dir.rglob("*") if p.is_file()}
     assert names == {"README.md", "model_index.json", "scheduler/scheduler_config.json", "transformer/config.json",
-                     "transformer/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.fp16.safetensors"}
+                     "transformer/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.fp16.safetensors",
+                     "pipeline_epg.py", "transformer/transformer_epg.py", "scheduler/scheduling_epg_heun.py"}
 
     pipe = load(result.output_dir)
     assert type(pipe.scheduler) is EPGHeunScheduler and pipe.scheduler.config.prediction_type == "sample"
@@ -134,6 +136,10 @@ def test_published_folder_names_give_preset_kind_and_sampling_settings(tmp_path,
     assert pipe.config.default_guidance_scale == 2.5 and pipe.config.default_guidance_interval == [0.19, 1.61]
     card = (result.output_dir / "README.md").read_text()
     assert "**2.04**" in card and 'EPGPipeline.from_pretrained("org/EPG-XL16")' in card
+    front = yaml.safe_load(card.split("---")[1])  # the Hub's front matter: the weights' terms are the reference's
+    assert front["license"] == "other" and front["license_link"] == "https://huggingface.co/jiachenlei/EPG"
+    assert front["datasets"] == ["ILSVRC/imagenet-1k"] and front["library_name"] == "diffusers"
+    assert front["pipeline_tag"] == "unconditional-image-generation" and "class-conditional" in front["tags"]
 
 
 def test_published_table_matches_presets():

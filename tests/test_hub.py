@@ -20,7 +20,8 @@ from .conftest import tiny_pipeline
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PIPELINE_FILES = {"README.md", "model_index.json", "scheduler/scheduler_config.json", "transformer/config.json",
-                  "transformer/diffusion_pytorch_model.safetensors"}
+                  "transformer/diffusion_pytorch_model.safetensors", "pipeline_epg.py", "transformer/transformer_epg.py",
+                  "scheduler/scheduling_epg_heun.py"}  # the layout and the code that diffusers alone loads
 
 
 def populate_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> None:
@@ -141,8 +142,16 @@ def hf_api(monkeypatch):
     return recorder
 
 
-def first_code_block(card: str) -> str:
-    return card.split("```python\n", 1)[1].split("```", 1)[0]
+def code_blocks(card: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in card.split("```python\n")[1:]]
+
+
+def check_usage(card: str, repo_id: str):
+    """The card's two snippets: diffusers alone (remote code) first, then epg-diffusers; both load ``repo_id``."""
+    remote, package = code_blocks(card)[:2]
+    assert f'DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)' in remote
+    assert f'EPGPipeline.from_pretrained("{repo_id}")' in package and "trust_remote_code" not in package
+    assert all("class_labels=" in block for block in (remote, package)) and "prompt" not in card
 
 
 def test_push_pipeline_uploads_the_layout_and_a_real_card(hf_api):
@@ -151,17 +160,16 @@ def test_push_pipeline_uploads_the_layout_and_a_real_card(hf_api):
     push_to_hub(pipe, "org/name", private=True, fp16_variant=True)
     hf_api.api.create_repo.assert_called_once_with("org/name", private=True, exist_ok=True, repo_type="model")
     assert hf_api.files == PIPELINE_FILES | {"transformer/diffusion_pytorch_model.fp16.safetensors"}
-    usage = first_code_block(hf_api.card)
-    assert 'EPGPipeline.from_pretrained("org/name")' in usage and "class_labels=" in usage
-    assert "DiffusionPipeline" not in usage and "prompt" not in hf_api.card
-    assert "library_name: diffusers" in hf_api.card
+    check_usage(hf_api.card, "org/name")
+    assert "library_name: diffusers" in hf_api.card and "pipeline_tag: unconditional-image-generation" in hf_api.card
     assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())  # fp16 copy only
 
 
 def test_pipeline_push_to_hub_method_uses_the_epg_card(hf_api):
     tiny_pipeline(consistency=True).push_to_hub("org/name", commit_message="first")
-    assert hf_api.files == PIPELINE_FILES and hf_api.kwargs["commit_message"] == "first"
-    assert 'EPGPipeline.from_pretrained("org/name")' in first_code_block(hf_api.card)
+    consistency = PIPELINE_FILES - {"scheduler/scheduling_epg_heun.py"} | {"scheduler/scheduling_epg_consistency.py"}
+    assert hf_api.files == consistency and hf_api.kwargs["commit_message"] == "first"
+    check_usage(hf_api.card, "org/name")
 
 
 def test_push_training_folder_never_uploads_optimizer_states_or_checkpoints(tmp_path, hf_api):
@@ -185,7 +193,7 @@ def test_existing_card_is_pointed_at_the_repo(tmp_path, hf_api):
     save_for_hub(tiny_pipeline(), tmp_path / "out")
     model_card(tmp_path / "out", str(tmp_path / "out"), "Converted from somewhere.").save(tmp_path / "out" / "README.md")
     push_to_hub(tmp_path / "out", "org/name")
-    assert 'EPGPipeline.from_pretrained("org/name")' in first_code_block(hf_api.card)
+    check_usage(hf_api.card, "org/name")
     assert "Converted from somewhere." in hf_api.card
     push_to_hub(tmp_path / "out", "org/name", model_card_text="# custom")
     assert hf_api.card == "# custom"
@@ -196,7 +204,8 @@ def test_push_encoder_object(hf_api):
                               projector_hidden_dim=16, projector_dim=8)
     push_to_hub(encoder, "org/name")
     assert hf_api.files == {"README.md", "config.json", "diffusion_pytorch_model.safetensors"}
-    assert 'RCMEncoderModel.from_pretrained("org/name")' in first_code_block(hf_api.card)
+    assert 'RCMEncoderModel.from_pretrained("org/name")' in code_blocks(hf_api.card)[0]
+    assert "pipeline_tag: image-feature-extraction" in hf_api.card
 
 
 def test_folders_that_cannot_be_pushed_are_refused_before_any_upload(tmp_path, hf_api):
@@ -228,4 +237,4 @@ def test_push_command(tmp_path, hf_api):
     hub.add_arguments(parser)
     assert hub.run(parser.parse_args([str(tmp_path / "out"), "org/name", "--private"])) == 0
     assert hf_api.files == PIPELINE_FILES
-    assert json.loads((tmp_path / "out" / "model_index.json").read_text())["_class_name"] == "EPGPipeline"
+    assert json.loads((tmp_path / "out" / "model_index.json").read_text())["_class_name"] == ["pipeline_epg", "EPGPipeline"]

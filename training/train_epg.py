@@ -23,7 +23,8 @@ from diffusers.utils import make_image_grid
 
 from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel
 from epg_diffusers import sigmas as sm
-from epg_diffusers.hub import model_card, push_to_hub
+from epg_diffusers.hub import push_to_hub
+from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import get_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas, step_seed
@@ -204,8 +205,10 @@ def export(args, accelerator, hooks: FineTuneHooks, state):
     pipe = hooks.pipeline()
     pipe.save_pretrained(folder)
     hooks.sample_grid(pipe).save(folder / "samples.png")
-    description = runner.training_description(f"fine-tuned ({args.mode})", args, state.step) + "\n![samples](samples.png)\n"
-    model_card(folder, str(folder), description).save(folder / "README.md")
+    description = training_section(f"fine-tuned ({args.mode})", args, state.step) + "\n![samples](samples.png)\n"
+    datasets = [hub_repo_id(args.dataset_name)] if hub_repo_id(args.dataset_name) else None
+    model_card(folder, str(folder), description, datasets=datasets,
+               base_model=hub_repo_id(args.encoder)).save(folder / "README.md")
     if args.push_to_hub:
         push_to_hub(str(folder), args.hub_model_id or Path(args.output_dir).name)
 

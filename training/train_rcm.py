@@ -18,7 +18,8 @@ from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from epg_diffusers import RCMEncoderModel, sigmas as sm
-from epg_diffusers.hub import model_card, push_to_hub
+from epg_diffusers.hub import push_to_hub
+from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import model_from_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import (
@@ -152,7 +153,9 @@ def export(args, accelerator, online, state):
     if accelerator.is_main_process:
         folder = f"{args.output_dir}/encoder"
         accelerator.unwrap_model(online).save_pretrained(folder)  # SyncBatchNorm saves BatchNorm1d's keys
-        model_card(folder, folder, runner.training_description("pre-trained", args, state.step)).save(f"{folder}/README.md")
+        datasets = [hub_repo_id(args.dataset_name)] if hub_repo_id(args.dataset_name) else None
+        model_card(folder, folder, training_section("pre-trained", args, state.step),
+                   datasets=datasets).save(f"{folder}/README.md")
         if args.push_to_hub:
             push_to_hub(folder, args.hub_model_id or Path(args.output_dir).name)
 

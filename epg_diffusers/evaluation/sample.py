@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..cli import finite_float, non_negative_int, positive_int, sigma_float
 from ..defaults import DIFFUSION_PIPELINE, DTYPES, default_pipeline, load_pipeline
 from .labels import LABEL_MODES, sample_labels
 from .npz import write_images_npz
@@ -47,7 +48,7 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
     config = pipe.config
     steps = num_inference_steps
     if steps is None:
-        steps = config.default_num_inference_steps or (32 if pipe.scheduler.order == 2 else 1)
+        steps = config.default_num_inference_steps or pipe.scheduler.default_num_inference_steps
     scale = config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
     interval = config.default_guidance_interval if guidance_interval is None else [float(v) for v in guidance_interval]
     pipe.check_inputs(steps, scale, interval, "pt", None)
@@ -257,15 +258,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a saved EPG pipeline folder or a Hub repo id (org/name); default: the shipped "
                              f"digits diffusion pipeline, pipelines/{DIFFUSION_PIPELINE} of a repository checkout")
     parser.add_argument("--output-dir", required=True, help="settings.json, samples.npz and/or images/ go here")
-    parser.add_argument("--num-samples", type=int, default=50000, help="N, the size of the set")
+    parser.add_argument("--num-samples", type=positive_int, default=50000, help="N, the size of the set")
     parser.add_argument("--labels", choices=LABEL_MODES, default="balanced",
                         help="balanced: N / num_classes per class (N must be a multiple); random: seeded uniform")
-    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's (1 = off)")
-    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="image i uses seed + i")
+    parser.add_argument("--num-inference-steps", type=positive_int, default=None, help="default: the pipeline's")
+    parser.add_argument("--guidance-scale", type=finite_float, default=None, help="default: the pipeline's (1 = off)")
+    parser.add_argument("--guidance-interval", type=sigma_float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="unshifted sigma interval (LOW, HIGH] of guidance; `0 inf` guides every step")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward and process")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward and process")
     parser.add_argument("--save", choices=SAVE_MODES, default="npz", help="samples.npz, PNGs or both")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model weights (the paper: fp32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer's repeated blocks")

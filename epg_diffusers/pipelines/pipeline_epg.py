@@ -1,6 +1,7 @@
 """EPGPipeline: class-conditional pixel-space sampling with EPG diffusion or consistency models."""
 
 import inspect
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
+from .. import sigmas as sm
 from ..models import EPGTransformer2DModel
 from ..schedulers.base import EPGSchedulerBase
 from .labels import IMAGENET_MEAN, IMAGENET_STD_X2, LabelMap, imagenet_id2label
@@ -56,8 +58,8 @@ class EPGPipeline(DiffusionPipeline):
             ImageNet-1k names when the model has 1000 classes. Saved in `model_index.json`.
         image_mean (`list[float]`), image_std (`list[float]`): the per-channel normalisation the model was
             trained with (default: ImageNet mean and 2 x ImageNet std, so that sigma_data = 0.5).
-        default_num_inference_steps (`int`, *optional*): steps when the call gives none (32 for Heun, 1 for
-            consistency schedulers when unset).
+        default_num_inference_steps (`int`, *optional*): steps when the call gives none (unset: the scheduler's
+            `default_num_inference_steps`, 32 Heun points or 1 consistency step).
         default_guidance_scale (`float`, defaults to 1.0): guidance when the call gives none (1 = off).
         default_guidance_interval (`list[float]`, defaults to `[0.19, 1.61]`): unshifted sigma interval
             (low exclusive, high inclusive) in which guidance is applied when the call gives none; `None`
@@ -76,7 +78,7 @@ class EPGPipeline(DiffusionPipeline):
         image_std: list[float] = IMAGENET_STD_X2,
         default_num_inference_steps: int | None = None,
         default_guidance_scale: float = 1.0,
-        default_guidance_interval: list[float] | None = (0.19, 1.61),
+        default_guidance_interval: list[float] | None = sm.GUIDANCE_INTERVAL,
     ):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
@@ -94,8 +96,20 @@ class EPGPipeline(DiffusionPipeline):
         self.labels = LabelMap(id2label, transformer.config.num_classes)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=False)
 
-    # Hub hooks (epg_diffusers/hub.py): diffusers cannot resolve a third-party package's components from a repo
-    # id, and its default model card shows a text-to-image call.
+    # [package only] Hub and saving hooks; the code saved with a pipeline has its own (epg_diffusers/remote_code.py).
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' ``load_config``, with the saved code files' entries pointed at this package's classes.
+
+        A folder carries ``pipeline_epg.py`` and component code for diffusers alone (``trust_remote_code=True``);
+        ``EPGPipeline.from_pretrained`` loads this package's classes instead and needs no remote code.
+        """
+        from ..remote_code import package_entries
+
+        result = super().load_config(*args, **kwargs)
+        package_entries(result[0] if isinstance(result, tuple) else result)
+        return result
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load from a folder or a Hub repo id ``"org/name"``, with ``DiffusionPipeline.from_pretrained``'s arguments.
@@ -107,11 +121,31 @@ class EPGPipeline(DiffusionPipeline):
 
         return super().from_pretrained(snapshot_path(pretrained_model_name_or_path, **kwargs), **kwargs)
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """``DiffusionPipeline.save_pretrained``, plus the code that lets diffusers alone load the folder.
+
+        The folder gets ``pipeline_epg.py``, ``transformer/transformer_epg.py`` and the scheduler's module, generated
+        from this package, and ``model_index.json`` names them. ``push_to_hub=True`` (with ``repo_id``) then
+        uploads it with an EPG model card (``epg_diffusers.hub.push_to_hub``).
+        """
+        from ..hub import push_to_hub
+        from ..remote_code import write_remote_code
+
+        push = {k: kwargs.pop(k) for k in ("push_to_hub", "repo_id", "private", "token", "create_pr",
+                                           "commit_message") if k in kwargs}
+        super().save_pretrained(save_directory, **kwargs)
+        write_remote_code(save_directory, self)
+        if push.pop("push_to_hub", False):
+            push_to_hub(save_directory, push.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory)),
+                        **push)
+
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload this pipeline with an EPG model card; arguments of ``epg_diffusers.hub.push_to_hub``."""
         from ..hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+    # [end package only]
 
     @property
     def guidance_scale(self) -> float:
@@ -162,13 +196,8 @@ class EPGPipeline(DiffusionPipeline):
 
     def guided_steps(self, guidance_scale: float, guidance_interval) -> list[bool]:
         """Which entries of ``scheduler.timesteps`` run the batched conditional + unconditional forward."""
-        if guidance_scale == 1.0:
-            return [False] * len(self.scheduler.timesteps)
-        unshifted = (self.scheduler.sigmas[:-1] / self.scheduler.sigma_shift).tolist()
-        if guidance_interval is None:
-            return [True] * len(unshifted)
-        low, high = guidance_interval
-        return [low < sigma <= high for sigma in unshifted]  # (low, high]: lower bound exclusive
+        unshifted = self.scheduler.sigmas[:-1] / self.scheduler.sigma_shift
+        return sm.guided_evaluations(unshifted, guidance_scale, guidance_interval)
 
     def postprocess(self, latents: torch.Tensor, output_type: str):
         """Un-normalise with the training normalisation and convert to ``output_type``."""
@@ -228,7 +257,7 @@ class EPGPipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if num_inference_steps is None and sigmas is None:
-            num_inference_steps = self.config.default_num_inference_steps or (32 if self.scheduler.order == 2 else 1)
+            num_inference_steps = self.config.default_num_inference_steps or self.scheduler.default_num_inference_steps
         guidance_scale = self.config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
         if guidance_interval is None:
             guidance_interval = self.config.default_guidance_interval

@@ -30,6 +30,7 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
     """
 
     order = 1
+    default_num_inference_steps = 1  # the one-step model
 
     @register_to_config
     def __init__(

@@ -34,6 +34,7 @@ class EPGHeunScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
     """
 
     order = 2
+    default_num_inference_steps = 32  # Karras points of the paper's sampler (74 evaluations with guidance)
 
     @register_to_config
     def __init__(

@@ -274,13 +274,3 @@ class Throughput:
         rate = self.images / max(now - self.start, 1e-9)
         self.start, self.images = now, 0
         return rate
-
-
-def training_description(what: str, args, step: int) -> str:
-    """Model-card Markdown for a training export: the exact command and every hyper-parameter of the run."""
-    import sys
-
-    launcher = "accelerate launch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python"
-    hyper = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()))
-    return (f"## Training\n\n{what[0].upper() + what[1:]} for {step} steps with epg-diffusers:\n\n"
-            f"```bash\n{launcher} {' '.join(sys.argv)}\n```\n\n| hyper-parameter | value |\n| --- | --- |\n{hyper}\n")
