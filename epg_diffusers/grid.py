@@ -18,6 +18,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
+from .cli import finite_float, non_negative_int, positive_int
 from .defaults import DIFFUSION_PIPELINE, DTYPES, default_pipeline, load_pipeline
 
 MIN_CELL = 64  # shown size of one image in pixels (integer nearest-neighbour upscaling up to this)
@@ -123,11 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="epg-grid.png", help="the PNG to write (default: epg-grid.png)")
     parser.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                         help="class ids or names, one row each (quote names with spaces); default: every class")
-    parser.add_argument("--per-class", type=int, default=8, help="images per class (columns; default 8)")
-    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's (1 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="column j uses seed + j in every row (default 0)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (does not change them)")
+    parser.add_argument("--per-class", type=positive_int, default=8, help="images per class (columns; default 8)")
+    parser.add_argument("--num-inference-steps", type=positive_int, default=None, help="default: the pipeline's")
+    parser.add_argument("--guidance-scale", type=finite_float, default=None, help="default: the pipeline's (1 = off)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="column j uses seed + j in every row (default 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (does not change them)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model weights")
     parser.add_argument("--revision", default=None, help="Hub revision of the pipeline")
 

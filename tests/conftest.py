@@ -60,3 +60,17 @@ def tiny_pipeline(consistency: bool = False, **overrides) -> EPGPipeline:
     pipe = EPGPipeline(transformer, scheduler, id2label=TINY_LABELS)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run ``epg argv`` expecting a user error: exit status 2 and one line on stderr (returned)."""
+    from epg_diffusers import cli
+
+    capsys.readouterr()
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and error.startswith(f"epg {argv[0]}: error: "), (status, error)
+    return error

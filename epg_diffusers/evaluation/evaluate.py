@@ -14,6 +14,7 @@ import shlex
 import numpy as np
 import torch
 
+from ..cli import positive_int
 from .inception import FeatureExtractor, InceptionV3Features, compute_features
 from .metrics import feature_statistics, frechet_distance, inception_score, precision_recall
 from .npz import NpzImageReader, read_labels, read_reference
@@ -91,9 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="REF_NPZ SAMPLE_NPZ (ADM reference batch, then samples), or SAMPLE_NPZ with --small-data")
     parser.add_argument("--small-data", choices=DATASETS, default=None,
                         help="offline small-data metrics against this data set instead of ADM's metrics")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--resolution", type=positive_int, default=None,
                         help="--small-data: px of the real images (default: the samples')")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per Inception forward")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per Inception forward")
     parser.add_argument("--inception-weights", default=None,
                         help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (else downloaded once)")
     parser.add_argument("--device", default=None, help="device of the Inception network (default: cuda if available)")

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-from scipy.special import softmax
 from tqdm.auto import tqdm
 
 FeatureExtractor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -69,6 +68,8 @@ def compute_features(
 ) -> dict[str, np.ndarray]:
     """Run ``extractor`` over uint8 (B, H, W, 3) ``batches``: float32 ``pool`` and ``spatial`` features and
     float64 softmax ``probs`` of the logits (the Inception Score input)."""
+    from scipy.special import softmax  # the [eval] extra, imported when used
+
     parts = {key: [] for key in FEATURES}
     with tqdm(total=total, desc=desc, unit="img") as progress:
         for batch in batches:

@@ -7,8 +7,6 @@ the features come from :mod:`epg_diffusers.evaluation.inception` or any injected
 
 import numpy as np
 import torch
-from scipy import linalg
-from scipy.special import rel_entr
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +32,8 @@ def frechet_distance(
             f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape} "
             "(were both sets described by the same feature extractor?)."
         )
+    from scipy import linalg  # the [eval] extra, imported when used
+
     diff = mu1 - mu2
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
@@ -52,6 +52,8 @@ def inception_score(probs: np.ndarray, split_size: int = 5000) -> float:
 
     ``probs`` are class probabilities (rows sum to 1); 0 log 0 counts as 0.
     """
+    from scipy.special import rel_entr  # the [eval] extra, imported when used
+
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) == 0:
         raise ValueError(f"`probs` must be a non-empty 2-D array, got shape {probs.shape}.")

@@ -22,7 +22,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.linalg import LinAlgWarning
 
 from .metrics import feature_statistics, frechet_distance
 from .npz import check_images
@@ -44,6 +43,8 @@ def _hidden(classifier, pixels: np.ndarray, active) -> np.ndarray:
 
 
 def _distance(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    from scipy.linalg import LinAlgWarning  # the [eval] extra, imported when used
+
     with warnings.catch_warnings():  # a unit silent on this set (or a collapsed generator) makes the covariance
         warnings.simplefilter("ignore", LinAlgWarning)  # singular; the distance stays finite and meaningful
         return frechet_distance(*feature_statistics(features), mu, sigma)

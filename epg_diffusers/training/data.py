@@ -183,13 +183,18 @@ def rcm_views(resolution: int) -> dict:
 
 def add_arguments(parser):
     """``epg preprocess``: center-crop a data set once so training never re-decodes full-size JPEGs."""
-    parser.add_argument("--dataset_name", required=True, help="Hub id, imagefolder dir or save_to_disk dir")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--image_column", default="image")
-    parser.add_argument("--label_column", default="label")
-    parser.add_argument("--resolution", type=int, required=True, help="e.g. 256 or 512")
-    parser.add_argument("--output_dir", required=True, help="written with save_to_disk; pass it as --dataset_name")
-    parser.add_argument("--num_proc", type=int, default=None, help="parallel worker processes")
+    from ..cli import positive_int
+
+    # dashes like every epg command; the underscore spellings of earlier versions stay accepted
+    parser.add_argument("--dataset-name", "--dataset_name", required=True,
+                        help="Hub id, imagefolder dir or save_to_disk dir")
+    parser.add_argument("--split", default="train", help="data set split (default: train)")
+    parser.add_argument("--image-column", "--image_column", default="image", help="image column (default: image)")
+    parser.add_argument("--label-column", "--label_column", default="label", help="class id column (default: label)")
+    parser.add_argument("--resolution", type=positive_int, required=True, help="e.g. 256 or 512")
+    parser.add_argument("--output-dir", "--output_dir", required=True,
+                        help="written with save_to_disk; pass it to training as --dataset_name")
+    parser.add_argument("--num-proc", "--num_proc", type=positive_int, default=None, help="parallel worker processes")
 
 
 def run(args) -> int:
