@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_shipped_pipelines_are_found_in_the_checkout():
-    assert defaults.PIPELINES_DIR == ROOT / "pipelines"
+    assert defaults.shipped_dir() == ROOT / "pipelines"  # an installed wheel has them in epg_diffusers/shipped
     diffusion = EPGPipeline.from_pretrained(defaults.default_pipeline())
     consistency = EPGPipeline.from_pretrained(defaults.default_pipeline(defaults.CONSISTENCY_PIPELINE))
     assert type(diffusion.scheduler) is EPGHeunScheduler and type(consistency.scheduler) is EPGConsistencyScheduler
@@ -28,13 +28,16 @@ def test_sample_without_a_pipeline_uses_the_shipped_one(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["sample", "--output-dir", "out"], ["grid"]])
-def test_a_missing_default_is_a_clear_error(tmp_path, monkeypatch, command):
-    """As in a non-editable install, where the repository's pipelines/ folder is not next to the package."""
-    monkeypatch.setattr(defaults, "PIPELINES_DIR", tmp_path / "pipelines")
+def test_a_missing_default_is_a_clear_error(tmp_path, monkeypatch, capsys, command):
+    """As in an install without the shipped pipelines: one line on stderr, exit status 2."""
+    monkeypatch.setattr(defaults, "shipped_dir", lambda: tmp_path / "pipelines")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"no `pipeline` was given and the default pipeline "
-                                                 r"'epg-digits-diffusion' is not in .*Pass `pipeline`: a saved"):
-        cli.main(command)
+    assert cli.main(command) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"epg {command[0]}: error: no `pipeline` was given and the ")
+    assert "'epg-digits-diffusion' is not in" in error and "Pass `pipeline`: a saved" in error
+    with pytest.raises(FileNotFoundError):
+        cli.main([*command, "--debug"])  # the traceback, on request
 
 
 def test_readme_quick_start_is_what_ci_runs():
