@@ -1,4 +1,5 @@
-"""The Spaces demo in a real browser: headless Debian Chromium driven by Playwright against `pipelines/space/app.py`.
+"""The Spaces demo in a real browser: headless Debian Chromium driven by Playwright against `pipelines/space/app.py`,
+and against a Space folder built by `epg space` and installed from its own requirements in a fresh venv.
 
 The app runs as a subprocess on a free localhost port, serving tiny pipelines saved to a temporary folder.
 Screenshots go to tests/artifacts/ (kept by CI as test artifacts).
@@ -16,7 +17,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from epg_diffusers import cli
+from epg_diffusers.space import _gradio_version
+
 from .conftest import tiny_pipeline
+from .fresh_env import fresh_venv, pip_install, run
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -53,14 +58,15 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float
 
 
 @contextlib.contextmanager
-def serve(folder: Path, models: dict[str, str]):
-    """Run the demo (with the model variables ``models``; none: the shipped pipelines) and yield its URL."""
+def serve(folder: Path, models: dict[str, str], app: Path = APP, python: Path = Path(sys.executable)):
+    """Run the demo ``app`` with ``python`` (model variables ``models``; none: its defaults) and yield its URL."""
     port, log = free_port(), folder / "app.log"
     env = {key: value for key, value in os.environ.items() if key not in ("EPG_MODEL_ID", "EPG_CONSISTENCY_MODEL_ID")}
     env.update(models, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([str(python), str(app)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   cwd=app.parent)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, process, log)
@@ -199,4 +205,26 @@ def test_the_shipped_digits_pipelines_are_the_default(browser, tmp_path, request
         page.get_by_label("One-step (consistency)").check()
         generate(page)
         expect(page.locator("#status")).to_contain_text("network evaluations per image: 1")
+        expect(page.locator("#gallery img").first).to_be_visible()
+
+
+def test_a_space_built_by_epg_space_installs_from_its_requirements_and_runs(browser, tmp_path, request):
+    """`epg space OUT`, then a fresh venv with only the Space's gradio (sdk_version) and OUT/requirements.txt."""
+    out = tmp_path / "space"
+    assert cli.main(["space", str(out)]) == 0
+    python = fresh_venv(tmp_path / "venv")
+    pip_install(python, f"gradio=={_gradio_version()}")  # what the Space's sdk_version provides
+    pip_install(python, "-r", out / "requirements.txt")
+    assert "epg-diffusers" not in run(python, "-m", "pip", "list", cwd=tmp_path).stdout.lower()
+    requirements = [line for line in (out / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert not [line for line in requirements if "epg" in line or "/" in line]  # registry names only
+    with serve(tmp_path, {}, app=out / "app.py", python=python) as url, open_page(browser, url, request) as page:
+        pick_class(page, "3")
+        generate(page)  # the shipped diffusion pipeline's defaults: 74 evaluations
+        expect(page.locator("#status")).to_contain_text("network evaluations per image: 74")
+        expect(page.locator("#gallery img")).to_have_count(4)
+        page.locator("#presets").get_by_text("One-step (consistency)").first.click()  # a preset row
+        expect(page.locator("#sampler input[value='One-step (consistency)']")).to_be_checked()
+        generate(page)
+        expect(page.locator("#status")).to_contain_text("One-step (consistency), 1 step(s) · network evaluations per image: 1 ")
         expect(page.locator("#gallery img").first).to_be_visible()

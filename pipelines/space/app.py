@@ -1,14 +1,16 @@
 """Gradio demo of EPG: class-conditional pixel-space generation with a diffusion or a consistency model.
 
 Samplers: guided Heun on the diffusion model (interval classifier-free guidance), and one-step or few-step
-sampling of the consistency model. By default the app loads the pipelines this project ships,
-``epg-digits-diffusion`` and ``epg-digits-consistency`` (looked up next to this file, then in the repo's
-``pipelines/`` folder); set ``EPG_MODEL_ID`` and ``EPG_CONSISTENCY_MODEL_ID`` to a folder or a Hub repo id to
-serve other models. The server honours Gradio's ``GRADIO_SERVER_NAME`` and ``GRADIO_SERVER_PORT``.
+sampling of the consistency model. The models, in this order: ``EPG_MODEL_ID`` / ``EPG_CONSISTENCY_MODEL_ID``
+(a folder or a Hub repo id), ``space.json`` next to this file (written by ``epg space``), else the pipelines
+this project ships (``epg-digits-diffusion``, ``epg-digits-consistency``). On ZeroGPU hardware the generation
+runs under ``spaces.GPU``. The server honours Gradio's ``GRADIO_SERVER_NAME`` and ``GRADIO_SERVER_PORT``.
 
-Run: ``python pipelines/space/app.py`` and open http://127.0.0.1:7860.
+Run: ``python pipelines/space/app.py`` (or ``python app.py`` in a folder built by ``epg space``) and open
+http://127.0.0.1:7860.
 """
 
+import json
 import os
 import random
 import time
@@ -18,7 +20,15 @@ import gradio as gr
 import torch
 
 from epg_diffusers import EPGPipeline
-from epg_diffusers.defaults import CONSISTENCY_PIPELINE, DIFFUSION_PIPELINE
+from epg_diffusers.defaults import CONSISTENCY_PIPELINE, DIFFUSION_PIPELINE, default_pipeline
+
+try:  # ZeroGPU: a GPU is attached while a decorated function runs; elsewhere the app runs without `spaces`
+    import spaces
+
+    on_gpu = spaces.GPU
+except ImportError:
+    def on_gpu(function):
+        return function
 
 HERE = Path(__file__).resolve().parent
 MAX_IMAGES = 8  # images per request
@@ -30,18 +40,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 
 
-def model_path(env: str, folder: str) -> str:
-    """The model named in ``$env`` (a folder or a Hub repo id), else the shipped pipeline folder ``folder``.
-
-    Looked up here rather than with ``epg_diffusers.defaults.default_pipeline``: in a Space the package is installed
-    from the registry and the pipeline folders sit next to this file.
-    """
+def model_path(env: str, kind: str, shipped: str) -> str:
+    """``$env`` (a folder or a Hub repo id), else ``space.json``'s ``kind`` entry, else the shipped pipeline."""
     if os.environ.get(env):
         return os.environ[env]
-    for root in (HERE, HERE.parent):
-        if (root / folder).is_dir():
-            return str(root / folder)
-    raise FileNotFoundError(f"no {folder!r} in {HERE} or {HERE.parent}; set {env} to a pipeline folder or repo id.")
+    if (HERE / "space.json").is_file():
+        value = json.loads((HERE / "space.json").read_text())[kind]
+        return str(HERE / value) if (HERE / value).is_dir() else value
+    return default_pipeline(shipped, env)
 
 
 def load(path: str) -> EPGPipeline:
@@ -52,8 +58,8 @@ def load(path: str) -> EPGPipeline:
 
 # Loaded once at start-up; every request reuses them (the queue runs one request at a time, see below).
 PIPES = {
-    "diffusion": load(model_path("EPG_MODEL_ID", DIFFUSION_PIPELINE)),
-    "consistency": load(model_path("EPG_CONSISTENCY_MODEL_ID", CONSISTENCY_PIPELINE)),
+    "diffusion": load(model_path("EPG_MODEL_ID", "diffusion", DIFFUSION_PIPELINE)),
+    "consistency": load(model_path("EPG_CONSISTENCY_MODEL_ID", "consistency", CONSISTENCY_PIPELINE)),
 }
 CLASS_NAMES = {int(idx): name for idx, name in PIPES["diffusion"].config.id2label.items()}
 CLASSES = [(name, idx) for idx, name in sorted(CLASS_NAMES.items())]  # (shown, value) pairs for the picker
@@ -92,6 +98,7 @@ def check_request(class_id, steps, num_images, guidance_scale, low, high, seed) 
     return None
 
 
+@on_gpu
 def generate(class_id, sampler, steps, num_images, guidance_scale, low, high, seed, randomize):
     """Sample ``num_images`` images of one class; image i uses the seed ``seed + i`` (its caption)."""
     message = check_request(class_id, steps, num_images, guidance_scale, low, high, seed)
@@ -122,6 +129,9 @@ def generate(class_id, sampler, steps, num_images, guidance_scale, low, high, se
 
 
 START_STEPS, START_GUIDANCE, START_LOW, START_HIGH = sampler_defaults(HEUN)
+# Presets: a class with each sampler at its usual steps (class, sampler, steps, images); Gradio shows class 0 blank
+EXAMPLES = [[CLASSES[(i + 1) % len(CLASSES)][1], sampler, steps, 4]
+            for i, (sampler, steps) in enumerate([(HEUN, START_STEPS), (ONE_STEP, 1), (FEW_STEP, 4)])]
 
 with gr.Blocks(title="EPG: there is no VAE") as demo:
     gr.Markdown(
@@ -147,8 +157,10 @@ with gr.Blocks(title="EPG: there is no VAE") as demo:
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Samples", columns=4, format="png", elem_id="gallery")
             status = gr.Markdown("Pick a class and press **Generate**.", elem_id="status")
+    gr.Examples(EXAMPLES, [class_id, sampler, steps, num_images], label="Presets", elem_id="presets")
 
-    sampler.change(on_sampler_change, sampler, [steps, guidance_scale, low, high])
+    # a sampler picked by hand brings its defaults; a preset sets its own steps
+    sampler.input(on_sampler_change, sampler, [steps, guidance_scale, low, high])
     run.click(
         generate,
         [class_id, sampler, steps, num_images, guidance_scale, low, high, seed, randomize],
