@@ -3,8 +3,7 @@
 from .models import EPGTransformer2DModel, RCMEncoderModel, get_preset, model_from_preset
 from .pipelines import EPGPipeline, EPGPipelineOutput
 from .schedulers import EPGConsistencyScheduler, EPGHeunScheduler
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "EPGConsistencyScheduler",

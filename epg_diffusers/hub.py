@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData, is_offline_mode, snapshot_download
 
-from . import __version__
+from .version import __version__
 from .model_card import model_card, retarget
 from .remote_code import has_remote_code, write_remote_code
 

@@ -24,7 +24,7 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 PACKAGE = __name__.split(".")[0]
 BEGIN, END = "# [package only]", "# [end package only]"

@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -53,14 +54,13 @@ def _gradio_version() -> str:
     raise ValueError(f"{PACKAGE}'s `demo` extra pins no gradio version.")
 
 
-def _model(value: str | None, default: str, argument: str, output: Path, kind: str) -> tuple[str, str | None]:
-    """(what space.json names, the Hub repo id to preload or None) for one model; folders are copied."""
+def _model(value: str | None, default: str, argument: str) -> tuple[str, str | None]:
+    """(a pipeline folder, None) or (a Hub repo id, the repo id) for one model, checked before anything is written."""
     source = value or default_pipeline(default, argument)
     if os.path.isdir(source):
         if not os.path.isfile(os.path.join(source, "model_index.json")):
             raise ValueError(f"`{argument}`={source!r} is a folder without model_index.json, not a saved pipeline.")
-        shutil.copytree(source, output / "models" / kind, ignore=shutil.ignore_patterns(*NEVER_UPLOAD, *IGNORE))
-        return f"models/{kind}", None
+        return source, None
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
         raise ValueError(f"`{argument}`={source!r} is neither a pipeline folder nor a Hub repo id (org/name).")
     return source, source
@@ -108,22 +108,29 @@ def build_space(
         raise ValueError(f"`hardware` must be one of {tuple(HARDWARE)}, got {hardware!r}.")
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ValueError(f"`output_dir`={str(output)!r} exists and is not empty; pass --overwrite to replace it.")
-    if output.exists():
-        shutil.rmtree(output) if output.is_dir() else output.unlink()
-    output.mkdir(parents=True)
-    models, preload = {}, []
-    for kind, value, default, argument in (("diffusion", model, DIFFUSION_PIPELINE, "model"),
-                                           ("consistency", consistency_model, CONSISTENCY_PIPELINE, "consistency_model")):
-        models[kind], repo_id = _model(value, default, argument, output, kind)
-        preload += [repo_id] if repo_id else []
-    package = Path(__file__).resolve().parent
-    shutil.copytree(package, output / package.name, ignore=shutil.ignore_patterns(*IGNORE))
-    shutil.copyfile(shipped_dir() / "space" / "app.py", output / "app.py")
-    (output / "space.json").write_text(json.dumps(models, indent=2) + "\n")
-    (output / "requirements.txt").write_text(
-        f"# Registry packages only: epg-diffusers is vendored in epg_diffusers/; gradio comes from sdk_version.\n"
-        + "\n".join(_requirements()) + "\n")
-    (output / "README.md").write_text(_readme(models, preload, hardware), encoding="utf-8")
+    sources = {"diffusion": _model(model, DIFFUSION_PIPELINE, "model"),
+               "consistency": _model(consistency_model, CONSISTENCY_PIPELINE, "consistency_model")}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:  # moved in when complete
+        building = Path(tmp) / "space"
+        models, preload = {}, []
+        for kind, (source, repo_id) in sources.items():
+            if repo_id is None:  # a folder: copied, without training leftovers
+                shutil.copytree(source, building / "models" / kind,
+                                ignore=shutil.ignore_patterns(*NEVER_UPLOAD, *IGNORE))
+            models[kind] = repo_id or f"models/{kind}"
+            preload += [repo_id] if repo_id else []
+        package = Path(__file__).resolve().parent
+        shutil.copytree(package, building / package.name, ignore=shutil.ignore_patterns(*IGNORE))
+        shutil.copyfile(shipped_dir() / "space" / "app.py", building / "app.py")
+        (building / "space.json").write_text(json.dumps(models, indent=2) + "\n")
+        (building / "requirements.txt").write_text(
+            "# Registry packages only: epg-diffusers is vendored in epg_diffusers/; gradio comes from sdk_version.\n"
+            + "\n".join(_requirements()) + "\n")
+        (building / "README.md").write_text(_readme(models, preload, hardware), encoding="utf-8")
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        building.rename(output)
     return output
 
 

@@ -42,7 +42,7 @@ def test_a_missing_default_is_a_clear_error(tmp_path, monkeypatch, capsys, comma
 
 def test_readme_quick_start_is_what_ci_runs():
     command = subprocess.run([ROOT / ".ci" / "quickstart", "--print"], check=True, capture_output=True, text=True)
-    assert command.stdout.count("\n") == 1 and "pip install -e . && epg grid --output " in command.stdout
+    assert command.stdout.count("\n") == 1 and "pip install . && epg grid --output " in command.stdout
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "\n.ci/quickstart\n" in ci

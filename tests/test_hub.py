@@ -11,10 +11,12 @@ from unittest import mock
 import huggingface_hub
 import pytest
 import torch
+import yaml
 from huggingface_hub.utils import filter_repo_objects
 
 from epg_diffusers import EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel, RCMEncoderModel, hub
-from epg_diffusers.hub import model_card, push_to_hub, save_for_hub
+from epg_diffusers.hub import push_to_hub, save_for_hub
+from epg_diffusers.model_card import hub_repo_id, model_card
 
 from .conftest import tiny_pipeline
 
@@ -238,3 +240,15 @@ def test_push_command(tmp_path, hf_api):
     assert hub.run(parser.parse_args([str(tmp_path / "out"), "org/name", "--private"])) == 0
     assert hf_api.files == PIPELINE_FILES
     assert json.loads((tmp_path / "out" / "model_index.json").read_text())["_class_name"] == ["pipeline_epg", "EPGPipeline"]
+
+
+def test_card_front_matter_names_data_and_base_model(tmp_path):
+    save_for_hub(tiny_pipeline(), tmp_path / "out")
+    card = model_card(tmp_path / "out", "org/x", datasets=["org/my-data"], base_model="org/rcm-encoder").content
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["datasets"] == ["org/my-data"] and front["base_model"] == "org/rcm-encoder"
+    assert front["license"] == "apache-2.0" and front["library_name"] == "diffusers"
+    assert front["pipeline_tag"] == "unconditional-image-generation" and "class-conditional" in front["tags"]
+    assert "datasets" not in yaml.safe_load(model_card(tmp_path / "out", "org/x").content.split("---")[1])
+    assert hub_repo_id("ILSVRC/imagenet-1k") == "ILSVRC/imagenet-1k" and hub_repo_id("digits") is None
+    assert hub_repo_id(str(tmp_path / "out")) is None  # a local folder, even one shaped like org/name

@@ -19,8 +19,9 @@ LAUNCH = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
 
 def test_negatives_span_the_global_batch(reference, tmp_path):
     out = tmp_path / "loss.json"
-    subprocess.run([*LAUNCH, str(ROOT / "tests" / "scripts" / "rcm_loss_two_processes.py"), str(out)],
-                   check=True, capture_output=True, timeout=300, cwd=ROOT)
+    result = subprocess.run([*LAUNCH, str(ROOT / "tests" / "scripts" / "rcm_loss_two_processes.py"), str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     two = json.loads(out.read_text())
     assert two["processes"] == 2
     online, target = (RCMEncoderModel.from_single_file(reference["sub"](f"tiny32/{n}/"), **reference["encoder_config"])

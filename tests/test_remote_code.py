@@ -58,16 +58,21 @@ def test_shipped_pipelines_carry_the_current_generated_code(name):
         assert (folder / CODE[class_name]).read_text() == bundle_source(class_name), f"{name}: {CODE[class_name]}"
 
 
-def test_a_folder_of_an_earlier_version_still_loads(tmp_path):
-    """Folders saved before the code was generated name the package's modules and have no .py files."""
-    pipe = tiny_pipeline()
-    pipe.save_pretrained(tmp_path)
-    for code in tmp_path.rglob("*.py"):
+def earlier_version_folder(pipe, folder: Path) -> dict:
+    """``pipe`` saved as versions before the generated code did: module paths, no .py files; the index."""
+    pipe.save_pretrained(folder)
+    for code in folder.rglob("*.py"):
         code.unlink()
-    index = json.loads((tmp_path / "model_index.json").read_text())
+    index = json.loads((folder / "model_index.json").read_text())
     index.update(_class_name="EPGPipeline", transformer=["epg_diffusers.models.transformer_epg", "EPGTransformer2DModel"],
                  scheduler=["epg_diffusers.schedulers.scheduling_epg_heun", "EPGHeunScheduler"])
-    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return index
+
+
+def test_a_folder_of_an_earlier_version_still_loads(tmp_path):
+    pipe = tiny_pipeline()
+    index = earlier_version_folder(pipe, tmp_path)
     loaded = EPGPipeline.from_pretrained(tmp_path)
     assert type(loaded.transformer) is EPGTransformer2DModel and type(loaded.scheduler) is EPGHeunScheduler
     kwargs = dict(class_labels=[1, 2], num_inference_steps=3, output_type="pt")
@@ -75,6 +80,17 @@ def test_a_folder_of_an_earlier_version_still_loads(tmp_path):
     torch.testing.assert_close(loaded(generator=[torch.Generator().manual_seed(i) for i in range(2)], **kwargs).images,
                                expected, rtol=0, atol=0)
     assert package_entries(dict(index)) == index  # nothing to map back
+
+
+def test_pushing_a_folder_of_an_earlier_version_adds_the_code(tmp_path, monkeypatch):
+    hub_api = MockHub(tmp_path / "hub")
+    monkeypatch.setattr(hub, "HfApi", mock.Mock(return_value=hub_api.api))
+    earlier_version_folder(tiny_pipeline(), tmp_path / "old")
+    hub.push_to_hub(tmp_path / "old", "org/old")
+    for code in set(CODE.values()) - {CODE["EPGConsistencyScheduler"]}:
+        assert (tmp_path / "hub" / "org" / "old" / code).read_text() == (tmp_path / "old" / code).read_text()
+    assert json.loads((tmp_path / "hub" / "org" / "old" / "model_index.json").read_text())["_class_name"] == [
+        "pipeline_epg", "EPGPipeline"]
 
 
 def test_epg_pipeline_loads_the_package_classes_from_a_folder_with_code(tmp_path):

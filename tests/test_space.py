@@ -6,6 +6,7 @@ Screenshots go to tests/artifacts/ (kept by CI as test artifacts).
 """
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -13,8 +14,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from unittest import mock
 
+import huggingface_hub
 import pytest
+import yaml
 from playwright.sync_api import expect, sync_playwright
 
 from epg_diffusers import cli
@@ -33,9 +37,6 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 TIMEOUT_MS = 30_000  # for every browser action and expectation
 expect.set_options(timeout=TIMEOUT_MS)
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run installs it)"
-)
 
 
 def free_port() -> int:
@@ -77,7 +78,7 @@ def serve(folder: Path, models: dict[str, str], app: Path = APP, python: Path = 
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def app_url(browser, tmp_path_factory):
     """The demo on tiny diffusion and consistency pipelines (fast, with ImageNet class names)."""
     folder = tmp_path_factory.mktemp("space")
     tiny_pipeline().save_pretrained(folder / "diffusion")
@@ -89,6 +90,8 @@ def app_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run installs it)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
@@ -228,3 +231,35 @@ def test_a_space_built_by_epg_space_installs_from_its_requirements_and_runs(brow
         generate(page)
         expect(page.locator("#status")).to_contain_text("One-step (consistency), 1 step(s) · network evaluations per image: 1 ")
         expect(page.locator("#gallery img").first).to_be_visible()
+
+
+def test_space_with_hub_models_is_pushed_as_a_gradio_space(tmp_path, monkeypatch):
+    api = mock.MagicMock()
+    api.create_repo.return_value = mock.Mock(repo_id="org/epg-demo")
+    monkeypatch.setattr(huggingface_hub, "HfApi", mock.Mock(return_value=api))
+    shipped = Path(__file__).parents[1] / "pipelines" / "epg-digits-consistency"
+    out = tmp_path / "space"
+    assert cli.main(["space", str(out), "--model", "org/EPG-XL16-imagenet256", "--consistency-model", str(shipped),
+                     "--hardware", "zero-a10g", "--push-to-hub", "org/epg-demo", "--private"]) == 0
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert front["sdk"] == "gradio" and front["sdk_version"] == _gradio_version() and front["app_file"] == "app.py"
+    assert front["models"] == front["preload_from_hub"] == ["org/EPG-XL16-imagenet256"]
+    assert front["suggested_hardware"] == "zero-a10g" and front["python_version"] == "3.11"
+    assert json.loads((out / "space.json").read_text()) == {"diffusion": "org/EPG-XL16-imagenet256",
+                                                            "consistency": "models/consistency"}
+    assert (out / "models" / "consistency" / "model_index.json").is_file() and not (out / "models" / "diffusion").exists()
+    assert not list(out.rglob("__pycache__")) and (out / "epg_diffusers" / "pipelines" / "pipeline_epg.py").is_file()
+    api.create_repo.assert_called_once_with("org/epg-demo", repo_type="space", space_sdk="gradio", private=True,
+                                            exist_ok=True)
+    upload = api.upload_folder.call_args.kwargs
+    assert upload["repo_type"] == "space" and upload["repo_id"] == "org/epg-demo" and Path(upload["folder_path"]) == out
+
+
+def test_a_failed_space_build_leaves_nothing_behind(tmp_path, capsys):
+    (tmp_path / "not-a-pipeline").mkdir()
+    assert cli.main(["space", str(tmp_path / "out"), "--model", str(tmp_path / "not-a-pipeline")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-pipeline"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("kept")
+    assert cli.main(["space", str(tmp_path / "out")]) == 2  # not empty, no --overwrite: untouched
+    assert "exists and is not empty" in capsys.readouterr().err and (tmp_path / "out" / "mine.txt").is_file()

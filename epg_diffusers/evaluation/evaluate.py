@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         usage = "SAMPLE_NPZ with --small-data" if args.small_data else "REF_NPZ SAMPLE_NPZ"
         raise ValueError(f"`npz` takes {usage}, got {len(args.npz)} path(s): {args.npz}.")
     sample_npz = args.npz[-1]
+    for path, name in zip(args.npz[::-1], ("sample_npz", "ref_npz")):  # before any network is loaded or downloaded
+        if not os.path.isfile(path):
+            what = "is a folder, not an npz file" if os.path.isdir(path) else "does not exist"
+            raise ValueError(f"`{name}`={path!r} {what}.")
     if args.small_data:
         metrics = evaluate_small_data(sample_npz, args.small_data, args.resolution)
     else:

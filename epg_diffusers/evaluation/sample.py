@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..version import __version__
 from ..cli import finite_float, non_negative_int, positive_int, sigma_float
 from ..defaults import DIFFUSION_PIPELINE, DTYPES, default_pipeline, load_pipeline
 from .labels import LABEL_MODES, sample_labels
@@ -304,4 +304,5 @@ def run(args: argparse.Namespace) -> int:
     if state.is_main_process:
         print(f"{settings['num_samples']} images in {args.output_dir} ({settings['num_network_evaluations']} network "
               f"evaluations per image, {time.perf_counter() - start:.1f} s)")
+    state.destroy_process_group()  # a process group left to interpreter exit can abort in gloo's threads
     return 0

@@ -38,6 +38,7 @@ def main(out_path: str):
     gathered = accelerator.gather(loss)
     if accelerator.is_main_process:
         Path(out_path).write_text(json.dumps({"loss": gathered.tolist(), "processes": accelerator.num_processes}))
+    accelerator.end_training()  # destroys the process group: left to interpreter exit, gloo's threads can abort
 
 
 if __name__ == "__main__":
