@@ -17,6 +17,17 @@ from .curricula import step_seed
 
 logger = logging.getLogger("epg_diffusers.training")
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "train_state.json"  # written last: the counters and every file's size; a checkpoint without it is partial
+PAUSE_AT, PAUSE_FILE = "EPG_TEST_PAUSE_AT", "EPG_TEST_PAUSE_FILE"  # fault-injection tests only
+
+
+def pause_for_fault_test(point: str, step: int) -> None:
+    """Test hook: with ``EPG_TEST_PAUSE_AT=<point>@<step>`` the process writes its pid to ``EPG_TEST_PAUSE_FILE``
+    and waits here, so that a test's SIGKILL lands at exactly this point (e.g. inside a checkpoint save)."""
+    if os.environ.get(PAUSE_AT) == f"{point}@{step}":
+        Path(os.environ[PAUSE_FILE]).write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)
 
 
 class TrainState:
@@ -157,6 +168,9 @@ def make_accelerator(args) -> Accelerator:
         )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=False)
+    if os.environ.get(PAUSE_AT):  # fault-injection tests: a pause inside accelerate's save_state, its folder made
+        accelerator.register_save_state_pre_hook(lambda models, weights, folder: pause_for_fault_test(
+            "save-state", int(re.search(r"checkpoint-(\d+)", Path(folder).name).group(1))))
     return accelerator
 
 
@@ -179,6 +193,8 @@ def start_run(args, accelerator: Accelerator, resume_path, project: str) -> Trai
     if resume_path is not None:
         load_checkpoint(accelerator, resume_path, state)
     if accelerator.is_main_process:
+        if resume_path is not None:
+            truncate_metrics(args.output_dir, state.step)
         write_run_config(args, args.output_dir)
         accelerator.init_trackers(project, config=tracker_config(args))
     return state
@@ -189,48 +205,127 @@ def micro_batch_size(args, accelerator: Accelerator) -> int:
 
 
 def checkpoints(output_dir: str) -> list[Path]:
-    """Existing ``checkpoint-<step>`` folders, oldest first."""
+    """Existing ``checkpoint-<step>`` folders, oldest first (complete or not: see :func:`checkpoint_problem`)."""
     folder = Path(output_dir) / "checkpoints"
     found = [p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name)] if folder.is_dir() else []
     return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint, or None: its state file names every file and size it wrote."""
+    marker = Path(path) / STATE_FILE
+    if not marker.is_file():
+        return f"it has no {STATE_FILE} (a save that did not finish)"
+    try:
+        info = json.loads(marker.read_text())
+        step, _ = int(info["step"]), int(info["epoch"])
+    except (ValueError, KeyError, TypeError) as error:
+        return f"its {STATE_FILE} is unreadable ({type(error).__name__}: {error})"
+    named = CHECKPOINT_PATTERN.match(Path(path).name)
+    if named and int(named.group(1)) != step:
+        return f"its {STATE_FILE} says step {step}"
+    for name, size in info.get("files", {}).items():  # checkpoints of earlier versions list no files
+        found = Path(path) / name
+        if not found.is_file():
+            return f"{name} is missing"
+        if found.stat().st_size != size:
+            return f"{name} has {found.stat().st_size} bytes where {size} were written"
+    return None
+
+
 def resolve_resume(resume: str | None, output_dir: str) -> Path | None:
-    """The checkpoint to resume from: a path, ``"latest"`` (None when there is none yet) or None."""
+    """The checkpoint to resume from: a path, ``"latest"`` (the newest complete one; None when there is none yet)
+    or None. Incomplete checkpoints are skipped with a warning that says why; a named one must be complete."""
     if resume is None:
         return None
-    path = (checkpoints(output_dir) or [None])[-1] if resume == "latest" else Path(resume)
-    if path is not None and not (path / "train_state.json").is_file():
-        raise ValueError(f"`resume_from_checkpoint`={str(path)!r} is not a complete checkpoint folder.")
-    return path
+    if resume != "latest":
+        problem = checkpoint_problem(Path(resume))
+        if problem:
+            raise ValueError(f"`resume_from_checkpoint`={resume!r} is not a complete checkpoint folder: {problem}.")
+        return Path(resume)
+    found = checkpoints(output_dir)
+    for path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("`resume_from_checkpoint` latest: skipping %s: %s", path, problem)
+    if found:
+        raise ValueError(f"`resume_from_checkpoint`='latest': none of the {len(found)} checkpoints in "
+                         f"{str(Path(output_dir) / 'checkpoints')!r} is complete (see the warnings above).")
+    return None
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState):
     """Restore models, optimiser, schedulers, RNG states and counters; any failure stops before training."""
     try:
         accelerator.load_state(str(path))
-        state.load_state_dict(json.loads((path / "train_state.json").read_text()))
+        state.load_state_dict(json.loads((path / STATE_FILE).read_text()))
     except Exception as error:
         raise ValueError(f"cannot resume from checkpoint {str(path)!r}: {error}") from error
     logger.info("resumed from %s at step %d", path, state.step)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState, total_limit: int | None):
-    """``save_state`` to checkpoints/checkpoint-<step>, keeping at most ``total_limit`` checkpoints.
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, flush it to disk, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
-    The counters file is written last, so a folder without it (a crash mid-save) is never resumed from; old
-    checkpoints are deleted only after the new one is complete.
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState, total_limit: int | None):
+    """``save_state`` into ``checkpoints/.checkpoint-<step>.partial``, renamed to ``checkpoint-<step>`` when complete.
+
+    The state file (counters and the size of every file) is written last, itself through a temporary file, and
+    only then is the folder renamed into place: a crash at any moment leaves either the complete checkpoint or a
+    partial folder that is never resumed from. Rotation keeps the ``total_limit`` newest complete checkpoints.
     """
-    path = Path(output_dir) / "checkpoints" / f"checkpoint-{state.step}"
-    accelerator.save_state(str(path))
+    folder = Path(output_dir) / "checkpoints"
+    final, partial = folder / f"checkpoint-{state.step}", folder / f".checkpoint-{state.step}.partial"
     if accelerator.is_main_process:
-        (path / "train_state.json").write_text(json.dumps(state.state_dict()))
+        for leftover in folder.glob(".checkpoint-*.partial"):  # saves a killed run did not finish
+            shutil.rmtree(leftover)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process has written its random states
+    if accelerator.is_main_process:
+        pause_for_fault_test("state-written", state.step)
+        files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
+        write_atomic(partial / STATE_FILE, json.dumps({**state.state_dict(), "files": files}, indent=1))
+        pause_for_fault_test("marked", state.step)
+        if final.exists():  # the same step saved again (a run resumed from an older checkpoint)
+            replaced = folder / f".checkpoint-{state.step}.replaced"
+            final.rename(replaced)
+            partial.rename(final)
+            shutil.rmtree(replaced)
+        else:
+            partial.rename(final)
+        pause_for_fault_test("renamed", state.step)
         if total_limit is not None:
-            complete = [p for p in checkpoints(output_dir) if (p / "train_state.json").is_file()]
+            complete = [p for p in checkpoints(output_dir) if checkpoint_problem(p) is None]
             for old in complete[: max(0, len(complete) - total_limit)]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
-    logger.info("saved %s", path)
+    logger.info("saved %s", final)
+
+
+def truncate_metrics(output_dir: str, step: int) -> None:
+    """Keep the ``metrics.jsonl`` records of steps up to ``step`` (a resumed run logs the later ones again), and
+    drop a line a killed run left half written."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def tracker_config(args) -> dict:
