@@ -29,7 +29,7 @@ from .cli import finite_float, positive_int, sigma_float
 from .hub import push_to_hub, save_for_hub
 from .model_card import IMAGENET, model_card
 from .models import EPGTransformer2DModel, RCMEncoderModel, get_preset
-from .models.single_file import check_state_dict, load_state_dict_file
+from .models.loading import check_state_dict, load_state_dict_file
 from .pipelines import EPGPipeline
 from .schedulers import EPGConsistencyScheduler, EPGHeunScheduler
 

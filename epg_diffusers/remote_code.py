@@ -47,7 +47,7 @@ BUNDLES = {  # class name -> the file diffusers loads it from
         {"EPGTransformer2DModel": "ModelMixin", "EPGSchedulerBase": "SchedulerMixin"},
     ),
     "EPGTransformer2DModel": Bundle(
-        "transformer_epg", ("models.presets", "models.single_file", "models.layers", "models.transformer_epg")
+        "transformer_epg", ("models.presets", "models.loading", "models.layers", "models.transformer_epg")
     ),
     "EPGHeunScheduler": Bundle("scheduling_epg_heun", ("sigmas", "schedulers.base", "schedulers.scheduling_epg_heun")),
     "EPGConsistencyScheduler": Bundle(

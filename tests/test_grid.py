@@ -68,7 +68,7 @@ def test_default_is_every_class_of_the_shipped_pipeline(tmp_path, capsys):
     (["--classes", "3", "10"], r"`classes`=\['3', '10'\]: .* 10, outside the valid range \[0, 9\]"),
     (["--classes", "nine"], r"`classes`=\['nine'\]: .* unknown class name 'nine'"),
     (["--num-inference-steps", "0"], r"argument --num-inference-steps: must be an integer >= 1"),
-    (["--guidance-scale", "-1"], r"`guidance_scale` must be >= 0"),
+    (["--guidance-scale", "-1"], r"`guidance_scale` must be a finite number >= 0, got -1.0"),
     (["--guidance-scale", "nan"], r"argument --guidance-scale: must be a finite number, got 'nan'"),
 ])
 def test_bad_input_is_refused_clearly(tmp_path, capsys, argv, message):

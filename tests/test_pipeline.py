@@ -7,7 +7,7 @@ import torch
 
 from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline
 
-from .conftest import TINY_LABELS, tiny_pipeline
+from .conftest import TINY_LABELS, tiny_pipeline, tiny_transformer
 
 
 def seeded(n: int, start: int = 0) -> list[torch.Generator]:
@@ -25,8 +25,7 @@ def test_labels_accept_ids_names_lists_and_tensors():
 
 
 def test_imagenet_names_are_the_default_for_1000_classes():
-    pipe = tiny_pipeline(num_classes=1000)
-    pipe = EPGPipeline(pipe.transformer, pipe.scheduler)
+    pipe = EPGPipeline(tiny_transformer(num_classes=1000), EPGHeunScheduler(image_size=16))
     assert pipe.labels.resolve([207, "goldfish", "golden retriever"]) == [207, 1, 207]
     assert pipe.config.id2label[0] == "tench"
 
@@ -39,10 +38,17 @@ def test_imagenet_names_are_the_default_for_1000_classes():
         (dict(class_labels="dragon"), "unknown class name 'dragon'"),
         (dict(class_labels="shark"), "Did you mean one of"),
         (dict(class_labels=[]), "at least one class"),
-        (dict(class_labels=[1.5]), "must be ints or names"),
+        (dict(class_labels=[1.5]), "must be integer class ids or names, got float 1.5"),
+        (dict(class_labels=3.0), "must be integer class ids or names, got float 3.0"),
+        (dict(class_labels=1, num_images_per_prompt=0), "`num_images_per_prompt` must be an integer >= 1, got 0"),
+        (dict(class_labels=1, guidance_scale=float("nan")), "`guidance_scale` must be a finite number >= 0, got nan"),
+        (dict(class_labels=1, guidance_scale=float("inf")), "`guidance_scale` must be a finite number >= 0, got inf"),
+        (dict(class_labels=1, guidance_interval=(float("nan"), 1.0)), "`guidance_interval` must be"),
+        (dict(class_labels=1, latents=torch.full((1, 3, 16, 16), float("nan"))), "`latents` holds non-finite values"),
+        (dict(class_labels=1, sigmas=[float("inf"), 1.0]), "`sigmas` must be finite"),
         (dict(class_labels=1, guidance_interval=(1.0, 1.0)), "`guidance_interval` must be"),
         (dict(class_labels=1, guidance_interval=(2.0, 1.0)), "`guidance_interval` must be"),
-        (dict(class_labels=1, guidance_scale=-1.0), "`guidance_scale` must be >= 0"),
+        (dict(class_labels=1, guidance_scale=-1.0), "`guidance_scale` must be a finite number >= 0"),
         (dict(class_labels=1, num_inference_steps=0), "`num_inference_steps` must be an integer >= 1"),
         (dict(class_labels=[1, 2], generator=seeded(3)), "`generator` list has 3 generators for a batch of 2"),
         (dict(class_labels=1, latents=torch.zeros(1, 3, 8, 8)), r"`latents` must have shape \(1, 3, 16, 16\)"),
@@ -170,3 +176,20 @@ def test_pipeline_round_trip(tmp_path, consistency, variant):
     assert loaded.config.default_guidance_scale == 2.0
     a, b = (p(class_labels=["goldfish", 7], generator=seeded(2), output_type="latent") for p in (pipe, loaded))
     assert torch.equal(a.images, b.images) and a.num_network_evaluations == b.num_network_evaluations
+
+
+def test_progress_bar_counts_network_evaluations(monkeypatch):
+    pipe = tiny_pipeline()
+    seen = {}
+    real = pipe.progress_bar
+
+    def recording(total):
+        bar = real(total=total)
+        seen["total"], update = total, bar.update
+        seen["updates"] = []
+        bar.update = lambda n=1: (seen["updates"].append(n), update(n))
+        return bar
+
+    monkeypatch.setattr(pipe, "progress_bar", recording)
+    out = pipe(class_labels=1, num_inference_steps=4, guidance_scale=2.0, guidance_interval=(0.0, float("inf")))
+    assert seen["total"] == sum(seen["updates"]) == out.num_network_evaluations == 12  # 6 steps, each guided

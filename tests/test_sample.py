@@ -13,6 +13,7 @@ import pytest
 
 from epg_diffusers.evaluation import balanced_labels, random_labels, sample_images
 from epg_diffusers.evaluation import sample as sample_command
+from epg_diffusers.pipelines import NonFiniteSampleError
 
 from .conftest import tiny_pipeline
 
@@ -67,8 +68,10 @@ def test_settings_and_outputs(reference):
     assert not (folder / "parts").exists()
 
 
-def test_same_set_with_another_batch_size(pipe, reference, tmp_path):
-    sample_images(pipe, str(tmp_path), batch_size=4, **SETTINGS)
+@pytest.mark.parametrize("batch_size", [1, 4, 10])
+def test_same_uint8_images_with_another_batch_size(pipe, reference, tmp_path, batch_size):
+    """Floats move by ~1e-4 between batch shapes on a CPU; the saved uint8 images are byte-identical."""
+    sample_images(pipe, str(tmp_path), batch_size=batch_size, **SETTINGS)
     assert all(np.array_equal(a, b) for a, b in zip(read(tmp_path), read(reference[0])))
     assert not (tmp_path / "images").exists()  # npz only by default
 
@@ -120,6 +123,35 @@ def test_interrupted_run_resumes_to_the_same_set(pipe, reference, tmp_path, monk
     interrupt_after(monkeypatch, 0)  # a complete run is not sampled again
     assert sample_images(pipe, str(tmp_path), batch_size=5, save="both", **SETTINGS)["status"] == "complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "samples.npz", "settings.json"]
+
+
+def test_a_truncated_part_is_set_aside_and_sampled_again(pipe, reference, tmp_path, monkeypatch, caplog):
+    interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        sample_images(pipe, str(tmp_path), batch_size=3, **SETTINGS)
+    monkeypatch.undo()
+    part = tmp_path / "parts" / "part-000000003.npz"
+    part.write_bytes(part.read_bytes()[:200])  # a part cut short on disk after it was committed
+    settings = sample_images(pipe, str(tmp_path), batch_size=3, **SETTINGS)
+    assert settings["status"] == "complete"
+    assert all(np.array_equal(a, b) for a, b in zip(read(tmp_path), read(reference[0])))
+    assert f"{part} is corrupt" in caplog.text and "moved to part-000000003.npz.corrupt" in caplog.text
+
+
+def test_a_non_finite_batch_stops_the_run_and_keeps_what_was_committed(tmp_path):
+    bad = tiny_pipeline()
+    real = bad.transformer.forward
+
+    def nan_for_class_7(hidden_states, timestep, class_labels, return_dict=True):  # one class's images go bad
+        out = real(hidden_states, timestep, class_labels, return_dict=False)[0]
+        out[class_labels == 7] = float("nan")
+        return (out,)
+
+    bad.transformer.forward = nan_for_class_7
+    with pytest.raises(NonFiniteSampleError, match=r"images \[6, 7, 8\] \(seeds \[6, 7, 8\]\) came out non-finite; "
+                                                   r"nothing of this batch was written"):
+        sample_images(bad, str(tmp_path), batch_size=3, **SETTINGS)
+    assert [p.name for p in sorted((tmp_path / "parts").iterdir())] == ["part-000000000.npz", "part-000000003.npz"]
 
 
 def test_resuming_with_other_settings_is_refused(pipe, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shlex
+import tempfile
 
 import numpy as np
 import torch
@@ -113,6 +114,17 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def check_writable(output: str) -> None:
+    """Refuse an ``--output`` that cannot be written before any metric is computed."""
+    if os.path.isdir(output):
+        raise ValueError(f"`output`={output!r} is a folder; name the metrics JSON file to write.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(output))):
+            pass
+    except OSError as error:
+        raise ValueError(f"`output`={output!r} is not writable: {error}") from error
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print, write the metrics JSON and optionally publish."""
     expected = 1 if args.small_data else 2
@@ -124,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             what = "is a folder, not an npz file" if os.path.isdir(path) else "does not exist"
             raise ValueError(f"`{name}`={path!r} {what}.")
+    output = args.output or f"{sample_npz.removesuffix('.npz')}.metrics.json"
+    check_writable(output)
     if args.small_data:
         metrics = evaluate_small_data(sample_npz, args.small_data, args.resolution)
     else:
@@ -132,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_samples(sample_npz, args.npz[0], extractor, args.batch_size)
         metrics["reference"] = os.path.basename(args.npz[0])
     metrics["command"] = command_line(args)
-    output = args.output or f"{sample_npz.removesuffix('.npz')}.metrics.json"
     with open(output, "w") as f:
         json.dump(metrics, f, indent=2)
     for key, value in metrics.items():

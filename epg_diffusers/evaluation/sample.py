@@ -16,6 +16,7 @@ already committed, so it resumes without duplicates or gaps. When every index is
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -31,9 +32,11 @@ from tqdm.auto import tqdm
 from ..version import __version__
 from ..cli import finite_float, non_negative_int, positive_int, sigma_float
 from ..defaults import DIFFUSION_PIPELINE, DTYPES, default_pipeline, load_pipeline
+from ..pipelines import NonFiniteSampleError
 from .labels import LABEL_MODES, sample_labels
 from .npz import write_images_npz
 
+logger = logging.getLogger(__name__)
 SAVE_MODES = ("npz", "png", "both")
 SAMPLES_NPZ, SETTINGS_JSON, PARTS, PNG_DIR = "samples.npz", "settings.json", "parts", "images"
 # settings that may change between a run and its resumption: they do not change any image
@@ -101,6 +104,23 @@ def part_files(output_dir: str) -> list[Path]:
     return sorted(Path(output_dir, PARTS).glob("part-*.npz"))
 
 
+def set_aside_corrupt_parts(output_dir: str) -> list[str]:
+    """Rename every part file that does not read back whole to ``<name>.corrupt`` (its images are sampled again)."""
+    moved = []
+    for path in part_files(output_dir):
+        try:
+            with np.load(path) as part:
+                indices, images = part["indices"], part["images"]  # reading checks the zip members' CRC
+            if indices.ndim != 1 or images.ndim != 4 or len(images) not in (0, len(indices)):
+                raise ValueError(f"indices {indices.shape} and images {images.shape} do not match")
+        except Exception as error:  # truncated, not a zip, missing arrays: whatever it is, it is not usable
+            os.replace(path, path.with_name(f"{path.name}.corrupt"))
+            logger.warning("%s is corrupt (%s: %s); moved to %s.corrupt, its images are sampled again",
+                           path, type(error).__name__, error, path.name)
+            moved.append(path.name)
+    return moved
+
+
 def done_indices(output_dir: str) -> set[int]:
     """Image indices already committed in part files."""
     done = set()
@@ -113,11 +133,16 @@ def done_indices(output_dir: str) -> set[int]:
 def sample_batch(pipe, indices: np.ndarray, labels: np.ndarray, settings: dict) -> tuple[np.ndarray, int]:
     """uint8 (B, H, W, 3) images of the given global indices, and the network evaluations the pipeline used."""
     generators = [torch.Generator("cpu").manual_seed(settings["seed"] + int(i)) for i in indices]
-    out = pipe(
-        class_labels=labels[indices].tolist(), num_inference_steps=settings["num_inference_steps"],
-        guidance_scale=settings["guidance_scale"], guidance_interval=settings["guidance_interval"],
-        generator=generators, output_type="pt",
-    )
+    try:
+        out = pipe(
+            class_labels=labels[indices].tolist(), num_inference_steps=settings["num_inference_steps"],
+            guidance_scale=settings["guidance_scale"], guidance_interval=settings["guidance_interval"],
+            generator=generators, output_type="pt",
+        )
+    except NonFiniteSampleError as error:
+        seeds = [settings["seed"] + int(i) for i in indices]
+        raise NonFiniteSampleError(f"images {indices.tolist()} (seeds {seeds}) came out non-finite; nothing of this "
+                                   f"batch was written, committed batches are kept ({error})") from error
     images = (out.images.float() * 255 + 0.5).clamp(0, 255).to(torch.uint8)  # round half up, as save_image does
     return images.permute(0, 2, 3, 1).cpu().numpy(), out.num_network_evaluations
 
@@ -133,6 +158,8 @@ def save_batch(output_dir: str, indices: np.ndarray, images: np.ndarray, save: s
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, indices=indices, images=images if save != "png" else images[:0])
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the name says it is committed
     os.replace(tmp, path)
 
 
@@ -218,6 +245,8 @@ def sample_images(
     if save != "npz":
         os.makedirs(os.path.join(output_dir, PNG_DIR), exist_ok=True)
     class_labels = sample_labels(labels, num_samples, settings["num_classes"], seed)
+    if state.is_main_process:
+        set_aside_corrupt_parts(output_dir)
     state.wait_for_everyone()
     remaining = np.setdiff1d(np.arange(num_samples), np.fromiter(done_indices(output_dir), dtype=np.int64))
     state.wait_for_everyone()  # everyone has listed the parts before anyone writes new ones

@@ -10,7 +10,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .layers import ViTTrunkMixin
-from .single_file import SingleFileMixin
+from .loading import LoadingMixin
 
 
 @dataclass
@@ -39,7 +39,7 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential
     )
 
 
-class RCMEncoderModel(ModelMixin, ConfigMixin, AttentionMixin, ViTTrunkMixin, SingleFileMixin):
+class RCMEncoderModel(LoadingMixin, ModelMixin, ConfigMixin, AttentionMixin, ViTTrunkMixin):
     """The RCM encoder E(c_in x, 250 ln sigma): [CLS, TIME, patches] ViT whose CLS token feeds a projector.
 
     After pre-training, the trunk (everything but ``projection_head``) initialises the encoder of

@@ -8,10 +8,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .layers import EPGDecoderBlock, LayerNorm32, ViTTrunkMixin
-from .single_file import SingleFileMixin
+from .loading import LoadingMixin
 
 
-class EPGTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin, ViTTrunkMixin, SingleFileMixin):
+class EPGTransformer2DModel(LoadingMixin, ModelMixin, ConfigMixin, AttentionMixin, ViTTrunkMixin):
     """The EPG generator F(c_in x, 250 ln sigma, y): a ViT encoder and a decoder that both see every token.
 
     Tokens are [CLS + class embedding, time token, patches]; the encoder is the RCM pre-training trunk,

@@ -1,8 +1,11 @@
 """Class labels: ImageNet names, name -> id lookup and validation, and the data normalisation constants."""
 
 import json
+import math
+import numbers
 from importlib import resources
 
+import numpy as np
 import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -13,6 +16,25 @@ def imagenet_id2label() -> dict[int, str]:
     """The 1000 ImageNet-1k class names in the standard (sorted synset) index order."""
     text = resources.files("epg_diffusers").joinpath("data/imagenet_classes.json").read_text(encoding="utf-8")
     return {int(k): v for k, v in json.loads(text).items()}
+
+
+def check_normalisation(image_mean, image_std, channels: int) -> None:
+    """``image_mean`` / ``image_std``: one finite value per channel, the std positive (what the model trained with)."""
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if len(values) != channels or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+            raise ValueError(f"`{name}` must be {channels} finite numbers, one per channel, got {values}.")
+    if min(image_std) <= 0:
+        raise ValueError(f"`image_std` must be positive, got {list(image_std)}.")
+
+
+def check_id2label(id2label: dict[int, str], num_classes: int) -> None:
+    """``id2label`` names every class of the model exactly once (ids 0 .. num_classes - 1), or is empty."""
+    if id2label and sorted(id2label) != list(range(num_classes)):
+        extra = sorted(set(id2label) - set(range(num_classes)))
+        missing = sorted(set(range(num_classes)) - set(id2label))
+        raise ValueError(f"`id2label` must name the model's {num_classes} classes (ids 0 to {num_classes - 1}); "
+                         f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, unknown {extra[:10]}.")
 
 
 class LabelMap:
@@ -44,9 +66,9 @@ class LabelMap:
 
     def resolve(self, class_labels) -> list[int]:
         """Validated ids for an int, a name, a list mixing both, or a tensor of ids."""
-        if isinstance(class_labels, torch.Tensor):
+        if isinstance(class_labels, (torch.Tensor, np.ndarray)):
             class_labels = class_labels.reshape(-1).tolist()
-        elif isinstance(class_labels, (int, str)):
+        elif isinstance(class_labels, (numbers.Number, str)):  # one label
             class_labels = [class_labels]
         if class_labels is None or len(class_labels) == 0:
             raise ValueError("`class_labels` must name at least one class.")
@@ -56,10 +78,11 @@ class LabelMap:
                 ids.extend(self.resolve(label))
             elif isinstance(label, str):
                 ids.append(self._id(label))
-            elif isinstance(label, int) and not isinstance(label, bool):
+            elif isinstance(label, numbers.Integral) and not isinstance(label, bool):  # int, numpy and torch ints
                 if not 0 <= label < self.num_classes:
                     raise ValueError(f"`class_labels` has {label}, outside the valid range [0, {self.num_classes - 1}].")
-                ids.append(label)
+                ids.append(int(label))
             else:
-                raise ValueError(f"`class_labels` entries must be ints or names, got {type(label).__name__}.")
+                raise ValueError(f"`class_labels` entries must be integer class ids or names, got "
+                                 f"{type(label).__name__} {label!r}.")
         return ids

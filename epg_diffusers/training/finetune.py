@@ -6,7 +6,7 @@ import os
 import torch
 
 from ..models import RCMEncoderModel
-from ..models.single_file import load_state_dict_file
+from ..models.loading import load_state_dict_file
 
 TRUNK_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 TRUNK_CONFIG = ("sample_size", "patch_size", "in_channels", "depth", "embed_dim", "num_heads", "mlp_ratio")

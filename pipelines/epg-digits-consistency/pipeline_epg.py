@@ -5,6 +5,8 @@
 import PIL.Image
 import inspect
 import json
+import math
+import numbers
 import numpy as np
 import os
 import shutil
@@ -158,6 +160,25 @@ def imagenet_id2label() -> dict[int, str]:
     return {int(k): v for k, v in json.loads(text).items()}
 
 
+def check_normalisation(image_mean, image_std, channels: int) -> None:
+    """``image_mean`` / ``image_std``: one finite value per channel, the std positive (what the model trained with)."""
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if len(values) != channels or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+            raise ValueError(f"`{name}` must be {channels} finite numbers, one per channel, got {values}.")
+    if min(image_std) <= 0:
+        raise ValueError(f"`image_std` must be positive, got {list(image_std)}.")
+
+
+def check_id2label(id2label: dict[int, str], num_classes: int) -> None:
+    """``id2label`` names every class of the model exactly once (ids 0 .. num_classes - 1), or is empty."""
+    if id2label and sorted(id2label) != list(range(num_classes)):
+        extra = sorted(set(id2label) - set(range(num_classes)))
+        missing = sorted(set(range(num_classes)) - set(id2label))
+        raise ValueError(f"`id2label` must name the model's {num_classes} classes (ids 0 to {num_classes - 1}); "
+                         f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, unknown {extra[:10]}.")
+
+
 class LabelMap:
     """Turns user class labels (ids, names, lists, tensors) into validated class ids."""
 
@@ -187,9 +208,9 @@ class LabelMap:
 
     def resolve(self, class_labels) -> list[int]:
         """Validated ids for an int, a name, a list mixing both, or a tensor of ids."""
-        if isinstance(class_labels, torch.Tensor):
+        if isinstance(class_labels, (torch.Tensor, np.ndarray)):
             class_labels = class_labels.reshape(-1).tolist()
-        elif isinstance(class_labels, (int, str)):
+        elif isinstance(class_labels, (numbers.Number, str)):  # one label
             class_labels = [class_labels]
         if class_labels is None or len(class_labels) == 0:
             raise ValueError("`class_labels` must name at least one class.")
@@ -199,12 +220,13 @@ class LabelMap:
                 ids.extend(self.resolve(label))
             elif isinstance(label, str):
                 ids.append(self._id(label))
-            elif isinstance(label, int) and not isinstance(label, bool):
+            elif isinstance(label, numbers.Integral) and not isinstance(label, bool):  # int, numpy and torch ints
                 if not 0 <= label < self.num_classes:
                     raise ValueError(f"`class_labels` has {label}, outside the valid range [0, {self.num_classes - 1}].")
-                ids.append(label)
+                ids.append(int(label))
             else:
-                raise ValueError(f"`class_labels` entries must be ints or names, got {type(label).__name__}.")
+                raise ValueError(f"`class_labels` entries must be integer class ids or names, got "
+                                 f"{type(label).__name__} {label!r}.")
         return ids
 
 
@@ -236,6 +258,23 @@ EXAMPLE_DOC_STRING = """
 """
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class NonFiniteSampleError(ValueError):
+    """Sampling produced NaN or inf: raised instead of returning black images."""
+
+
+def check_sampling(num_inference_steps, guidance_scale, guidance_interval, prefix: str = "") -> None:
+    """Refuse steps, guidance scales and intervals the sampler cannot use, naming the argument (``prefix`` + name)."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"`{prefix}num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+    if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"`{prefix}guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
+    if guidance_interval is not None:
+        values = list(guidance_interval) if isinstance(guidance_interval, (list, tuple)) else []
+        if len(values) != 2 or not all(isinstance(v, numbers.Real) for v in values) or not 0 <= values[0] < values[1]:
+            raise ValueError(
+                f"`{prefix}guidance_interval` must be (low, high) with 0 <= low < high, got {guidance_interval}.")
 
 
 @dataclass
@@ -290,6 +329,9 @@ class EPGPipeline(DiffusionPipeline):
         if id2label is None and transformer.config.num_classes == 1000:
             id2label = imagenet_id2label()
         id2label = {int(k): v for k, v in (id2label or {}).items()}
+        check_normalisation(image_mean, image_std, transformer.config.in_channels)
+        check_id2label(id2label, transformer.config.num_classes)
+        check_sampling(default_num_inference_steps or 1, default_guidance_scale, default_guidance_interval, "default_")
         self.register_to_config(
             id2label=id2label,
             image_mean=[float(v) for v in image_mean],
@@ -336,19 +378,16 @@ class EPGPipeline(DiffusionPipeline):
         """Class ids of ImageNet-style names; a single string is one label."""
         return self.labels.ids(label)
 
-    def check_inputs(self, num_inference_steps, guidance_scale, guidance_interval, output_type, callback_inputs):
+    def check_inputs(self, num_inference_steps, guidance_scale, guidance_interval, output_type, callback_inputs,
+                     num_images_per_prompt: int = 1):
         if self.scheduler.config.image_size != self.transformer.config.sample_size:
             raise ValueError(
                 f"scheduler `image_size`={self.scheduler.config.image_size} differs from the transformer's "
                 f"`sample_size`={self.transformer.config.sample_size}."
             )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
-        if guidance_interval is not None:
-            if len(guidance_interval) != 2 or not 0 <= guidance_interval[0] < guidance_interval[1]:
-                raise ValueError(f"`guidance_interval` must be (low, high) with 0 <= low < high, got {guidance_interval}.")
+        check_sampling(num_inference_steps, guidance_scale, guidance_interval)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = [k for k in callback_inputs or [] if k not in self._callback_tensor_inputs]
@@ -365,6 +404,8 @@ class EPGPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("`latents` holds non-finite values (NaN or inf).")
         return latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
 
     def guided_steps(self, guidance_scale: float, guidance_interval) -> list[bool]:
@@ -431,13 +472,14 @@ class EPGPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if num_inference_steps is None and sigmas is None:
             num_inference_steps = self.config.default_num_inference_steps or self.scheduler.default_num_inference_steps
-        guidance_scale = self.config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         if guidance_interval is None:
             guidance_interval = self.config.default_guidance_interval
         self.check_inputs(
             num_inference_steps if sigmas is None else len(sigmas),
-            guidance_scale, guidance_interval, output_type, callback_on_step_end_tensor_inputs,
+            guidance_scale, guidance_interval, output_type, callback_on_step_end_tensor_inputs, num_images_per_prompt,
         )
+        guidance_scale = float(guidance_scale)
         self._guidance_scale, self._interrupt = guidance_scale, False
         device = self._execution_device
         labels = torch.tensor(self.labels.resolve(class_labels), device=device).repeat_interleave(num_images_per_prompt)
@@ -453,9 +495,9 @@ class EPGPipeline(DiffusionPipeline):
         # 3. Initial noise x_T (the state is kept in float32 whatever the model dtype)
         latents = self.prepare_latents(len(labels), generator, latents, device)
 
-        # 4. Denoising loop: one network evaluation per entry of `timesteps`
+        # 4. Denoising loop: one network evaluation per entry of `timesteps`, two where guided
         evaluations = 0
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        with self.progress_bar(total=len(timesteps) + sum(guided)) as progress_bar:  # counts network evaluations
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -478,9 +520,13 @@ class EPGPipeline(DiffusionPipeline):
                         callback_kwargs[name] = locals()[name]
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
-                progress_bar.update()
+                progress_bar.update(2 if guided[i] else 1)
 
-        # 5. Post-process
+        # 5. Refuse non-finite samples (rather than return black images), then post-process
+        bad = (~torch.isfinite(latents.flatten(1))).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise NonFiniteSampleError(f"sampling gave non-finite values (NaN or inf) in image(s) {bad} of the batch; "
+                                       "check the weights, `guidance_scale` and `latents`.")
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -203,8 +203,9 @@ class EPGSchedulerBase:
             raise ValueError("pass exactly one of `num_inference_steps` and `sigmas`.")
         if sigmas is not None:
             grid = torch.as_tensor(sigmas, dtype=torch.float32).reshape(-1)
-            if grid.numel() < 1 or not torch.all(grid > 0) or not torch.all(grid[1:] < grid[:-1]):
-                raise ValueError(f"`sigmas` must be positive and strictly decreasing, got {grid.tolist()}.")
+            if grid.numel() < 1 or not torch.isfinite(grid).all() or not torch.all(grid > 0) or not torch.all(
+                    grid[1:] < grid[:-1]):
+                raise ValueError(f"`sigmas` must be finite, positive and strictly decreasing, got {grid.tolist()}.")
             return grid
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")

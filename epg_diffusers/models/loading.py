@@ -1,4 +1,6 @@
-"""Loading the reference implementation's plain state dicts (``nnet.pth``, ``nnet_ema.pth``) into our models."""
+"""Loading weights into our models: the reference implementation's plain state dicts (``nnet.pth``,
+``nnet_ema.pth``) with ``from_single_file``, and saved folders with ``from_pretrained``, both refusing missing or
+non-finite weights with the name of what is wrong."""
 
 import os
 from pathlib import Path
@@ -44,8 +46,27 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
             )
 
 
-class SingleFileMixin:
-    """``from_single_file`` for original-format (reference) checkpoints, as diffusers offers for its models."""
+def check_finite(model: torch.nn.Module, source: str) -> None:
+    """Raise a ValueError naming the first parameter or buffer of ``model`` that holds NaN or inf."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all():
+            raise ValueError(f"{source}: weight {name!r} holds non-finite values (NaN or inf); the file is corrupt.")
+
+
+class LoadingMixin:
+    """``from_single_file`` for original-format (reference) checkpoints, as diffusers offers for its models, and
+    ``from_pretrained`` that checks the weights. Listed before ``ModelMixin`` among the model's bases."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``; a local folder without its weights file, or weights holding NaN or inf,
+        are refused with the file or tensor named."""
+        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if (folder / "config.json").is_file() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise ValueError(f"{str(folder)!r} has a config.json but no weights (diffusion_pytorch_model.safetensors).")
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        check_finite(model, f"{cls.__name__} from {str(folder)!r}")
+        return model
 
     @classmethod
     def from_single_file(
@@ -76,5 +97,6 @@ class SingleFileMixin:
             model = cls(**config)
         check_state_dict(model, state_dict)
         model.load_state_dict(state_dict, strict=True, assign=True)
+        check_finite(model, f"{cls.__name__} from a reference checkpoint")
         model.eval()
         return model.to(dtype) if dtype is not None else model
