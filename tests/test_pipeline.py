@@ -20,6 +20,8 @@ def test_labels_accept_ids_names_lists_and_tensors():
     assert pipe.labels.resolve("goldfish") == [1]  # a single string is one label
     assert pipe.labels.resolve(["Tinca tinca", 2, "TENCH"]) == [0, 2, 0]  # synonyms, case-insensitive
     assert pipe.labels.resolve(torch.tensor([4, 5])) == [4, 5]
+    assert pipe.labels.resolve(np.int64(3)) == [3] and pipe.labels.resolve([np.int32(2), "hen"]) == [2, 8]
+    assert pipe.labels.resolve(np.array([[1], [2]])) == [1, 2]
     assert pipe.labels.resolve([[1], [2]]) == [1, 2]
     assert pipe.get_label_ids("hen") == [8]
 

@@ -55,7 +55,9 @@ def test_shipped_pipelines_carry_the_current_generated_code(name):
     assert index["_class_name"] == ["pipeline_epg", "EPGPipeline"]
     for key in ("_class_name", "transformer", "scheduler"):
         class_name = index[key][1]
-        assert (folder / CODE[class_name]).read_text() == bundle_source(class_name), f"{name}: {CODE[class_name]}"
+        assert (folder / CODE[class_name]).read_text() == bundle_source(class_name), (
+            f"{name}/{CODE[class_name]} is stale: python -c 'from epg_diffusers.remote_code import write_remote_code; "
+            f"write_remote_code(\"pipelines/{name}\")'")
 
 
 def earlier_version_folder(pipe, folder: Path) -> dict:

@@ -331,7 +331,8 @@ class EPGPipeline(DiffusionPipeline):
         id2label = {int(k): v for k, v in (id2label or {}).items()}
         check_normalisation(image_mean, image_std, transformer.config.in_channels)
         check_id2label(id2label, transformer.config.num_classes)
-        check_sampling(default_num_inference_steps or 1, default_guidance_scale, default_guidance_interval, "default_")
+        steps = 1 if default_num_inference_steps is None else default_num_inference_steps  # None: the scheduler's
+        check_sampling(steps, default_guidance_scale, default_guidance_interval, "default_")
         self.register_to_config(
             id2label=id2label,
             image_mean=[float(v) for v in image_mean],
