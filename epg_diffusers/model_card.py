@@ -38,13 +38,13 @@ def describe(folder: str | os.PathLike) -> dict:
     scale = index.get("default_guidance_scale", 1.0)
     interval = index.get("default_guidance_interval", sm.GUIDANCE_INTERVAL)
     scheduler.set_timesteps(steps)
-    guided = sm.guided_evaluations(scheduler.sigmas[:-1] / scheduler.sigma_shift, scale, interval)
     names = {int(k): v for k, v in (index.get("id2label") or {}).items()}
     ids = [207, 1] if model["num_classes"] == 1000 else list(range(min(model["num_classes"], 2)))
     example = ids[:1] + [names[i].split(",")[0] if i in names else i for i in ids[1:]]  # an id and a name
-    return dict(kind="consistency" if scheduler.order == 1 else "diffusion", model=model,
+    kind = "consistency" if scheduler.config.prediction_type == "boundary_condition" else "diffusion"
+    return dict(kind=kind, model=model,
                 scheduler=scheduler_class.__name__, steps=steps, guidance_scale=scale, guidance_interval=interval,
-                evaluations=len(scheduler.timesteps) + sum(guided), example=example)
+                evaluations=scheduler.network_evaluations(scale, interval), example=example)
 
 
 def _usage(info: dict, repo_id: str) -> str:

@@ -43,7 +43,7 @@ class Bundle:
 
 BUNDLES = {  # class name -> the file diffusers loads it from
     "EPGPipeline": Bundle(
-        "pipeline_epg", ("sigmas", "pipelines.labels", "pipelines.pipeline_epg"),
+        "pipeline_epg", ("sigmas", "pipelines.inputs", "pipelines.labels", "pipelines.pipeline_epg"),
         {"EPGTransformer2DModel": "ModelMixin", "EPGSchedulerBase": "SchedulerMixin"},
     ),
     "EPGTransformer2DModel": Bundle(
@@ -53,6 +53,14 @@ BUNDLES = {  # class name -> the file diffusers loads it from
     "EPGConsistencyScheduler": Bundle(
         "scheduling_epg_consistency", ("sigmas", "schedulers.base", "schedulers.scheduling_epg_consistency")
     ),
+    "EPGEDMSDEScheduler": Bundle(
+        "scheduling_epg_edm_sde",
+        ("sigmas", "schedulers.base", "schedulers.scheduling_epg_heun", "schedulers.scheduling_epg_edm_sde"),
+    ),
+    **{name: Bundle("scheduling_epg_euler", ("sigmas", "schedulers.base", "schedulers.scheduling_epg_euler"))
+       for name in ("EPGEulerScheduler", "EPGEulerAncestralScheduler", "EPGEulerSDEScheduler")},
+    **{name: Bundle("scheduling_epg_multistep", ("sigmas", "schedulers.base", "schedulers.scheduling_epg_multistep"))
+       for name in ("EPGDPMSolverMultistepScheduler", "EPGUniPCMultistepScheduler")},
 }
 
 # Replaces the package-only block of pipeline_epg.py in the generated file: saving a pipeline that was loaded

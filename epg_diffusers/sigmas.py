@@ -93,6 +93,22 @@ def guided_evaluations(sigmas: torch.Tensor, guidance_scale: float, guidance_int
     return [low < sigma <= high for sigma in sigmas.tolist()]
 
 
+def churn_gamma(sigma: float, s_churn: float, s_tmin: float, s_tmax: float, divisor: int) -> float:
+    """EDM Algorithm 2's churn: gamma = min(S_churn / divisor, sqrt 2 - 1) while S_tmin <= sigma <= S_tmax, else 0.
+
+    The evaluation is then made at sigma_hat = sigma (1 + gamma) after adding sqrt(sigma_hat^2 - sigma^2) S_noise z.
+    The reference divides by n - 1 in its Heun sampler and by n (the number of points) in its EDM-SDE sampler.
+    """
+    return min(s_churn / divisor, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+
+
+def ancestral_sigmas(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_up, sigma_down) of an ancestral step from ``sigma`` to ``sigma_next``:
+    sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2), sigma_down = sqrt(sigma_next^2 - sigma_up^2)."""
+    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    return sigma_up, (sigma_next**2 - sigma_up**2) ** 0.5
+
+
 def expand_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape per-sample ``values`` (B,) or a scalar to broadcast against ``x`` (B, C, H, W)."""
     return values.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype) if values.ndim else values.to(x.dtype)

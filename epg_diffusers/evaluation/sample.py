@@ -56,7 +56,7 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
     interval = config.default_guidance_interval if guidance_interval is None else [float(v) for v in guidance_interval]
     pipe.check_inputs(steps, scale, interval, "pt", None)
     pipe.scheduler.set_timesteps(steps)
-    evaluations = len(pipe.scheduler.timesteps) + sum(pipe.guided_steps(scale, interval))
+    evaluations = pipe.scheduler.network_evaluations(scale, interval)
     sample_labels(labels, num_samples, pipe.transformer.config.num_classes, seed)  # validates N and the mode
     return {
         "num_samples": num_samples, "labels": labels, "num_classes": pipe.transformer.config.num_classes,

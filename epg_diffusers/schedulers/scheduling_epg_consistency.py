@@ -6,7 +6,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sigmas as sm
-from .base import EPGSchedulerBase, EPGSchedulerOutput
+from .base import EPGSchedulerBase
 
 
 class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
@@ -45,18 +45,38 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
         clip_sample_range: float = 1.0,
     ):
         self._check_config()
-        self._begin_index = self._step_index = 0
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None):
-        """One step at sigma_max by default; ``num_inference_steps`` > 1 or custom unshifted ``sigmas`` for few-step."""
-        grid = self._unshifted_grid(num_inference_steps, sigmas)
-        if grid is None:
-            grid = sm.karras_sigmas(num_inference_steps + 1, self.config.sigma_min, self.config.sigma_max, self.config.rho)
-            grid = grid[:-1]
+    def _grid(self, num_inference_steps: int | None, sigmas) -> torch.Tensor:
+        """One step at sigma_max by default; n steps: the first n points of an (n + 1)-point Karras grid."""
+        counted = sigmas is None and isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool)
+        if counted and num_inference_steps >= 1:
+            grid = super()._grid(num_inference_steps + 1, None)[:-1]  # sigma_min itself is where sampling ends
+        else:
+            grid = super()._grid(num_inference_steps, sigmas)  # custom sigmas, or the error for a bad count
         if torch.any(grid <= self.config.sigma_min):
             raise ValueError(f"every sampling sigma must exceed `sigma_min`={self.config.sigma_min}, got {grid.tolist()}.")
-        shift = self.sigma_shift
-        self._finish_set_timesteps(grid * shift, torch.tensor(self.config.sigma_min * shift), device)
+        return grid
+
+    def set_image_to_image_timesteps(self, num_inference_steps, strength: float, device=None, sigmas=None):
+        """Image-to-image: the first step at the sigma ``strength`` places on the Karras curve (1: sigma_max, the full
+        schedule's; 0: sigma_min, no step), then the few-step schedule below it. Returns that shifted sigma, or None
+        when no step runs."""
+        if sigmas is not None:
+            return super().set_image_to_image_timesteps(None, strength, device, sigmas)
+        config = self.config
+        start = float(sm.karras_sigmas_at(torch.tensor(1.0 - strength), 2, config.sigma_min, config.sigma_max, config.rho))
+        if start <= config.sigma_min * (1 + 1e-6):
+            self.set_timesteps(1, device)
+            self.set_begin_index(len(self.timesteps))
+            return None
+        grid = sm.karras_sigmas(num_inference_steps + 1, config.sigma_min, start, config.rho)[:-1]
+        self.set_timesteps(device=device, sigmas=grid.tolist())
+        self.set_begin_index(0)
+        return float(self.sigmas[0])
+
+    def _schedule(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """One evaluation per sigma; sampling ends at the (shifted) sigma_min of the boundary condition."""
+        return grid, torch.tensor(self.config.sigma_min * self.sigma_shift), list(range(len(grid)))
 
     def step(
         self,
@@ -65,9 +85,9 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
-    ) -> EPGSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+    ):
         """Denoise at the current sigma; unless this is the last step, re-noise to the next sigma."""
-        self._require_timesteps()
+        self._require_timesteps(timestep)
         index = self._step_index
         sample = sample.float()
         x0 = self._denoise(model_output, sample, self.sigmas[index])
@@ -77,7 +97,4 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
             prev_sample = x0 + (self.sigmas[index + 1] ** 2 - sigma_min**2) ** 0.5 * noise
         else:
             prev_sample = x0
-        self._step_index += 1
-        if not return_dict:
-            return (prev_sample, x0)
-        return EPGSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return self._finish(prev_sample, x0, return_dict)

@@ -6,6 +6,8 @@ tau(sigma) = tau1 (1 - u) + tau2 u with tau2 cosine-annealed 0.2 -> 0.1 (the ref
 constant 0.1: ``--consistency_tau constant``).
 """
 
+from .. import sigmas as sm
+
 _RCM_PAPER = dict(
     train_batch_size=1024,
     max_train_steps=600_000,
@@ -80,7 +82,7 @@ _DIFFUSION_PAPER = dict(
     mixed_precision="bf16",
     num_inference_steps=32,
     guidance_scale=2.5,
-    guidance_interval=(0.19, 1.61),
+    guidance_interval=sm.GUIDANCE_INTERVAL,
     dataloader_num_workers=2,
 )
 _CONSISTENCY_PAPER = dict(

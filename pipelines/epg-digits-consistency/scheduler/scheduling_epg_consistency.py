@@ -107,6 +107,22 @@ def guided_evaluations(sigmas: torch.Tensor, guidance_scale: float, guidance_int
     return [low < sigma <= high for sigma in sigmas.tolist()]
 
 
+def churn_gamma(sigma: float, s_churn: float, s_tmin: float, s_tmax: float, divisor: int) -> float:
+    """EDM Algorithm 2's churn: gamma = min(S_churn / divisor, sqrt 2 - 1) while S_tmin <= sigma <= S_tmax, else 0.
+
+    The evaluation is then made at sigma_hat = sigma (1 + gamma) after adding sqrt(sigma_hat^2 - sigma^2) S_noise z.
+    The reference divides by n - 1 in its Heun sampler and by n (the number of points) in its EDM-SDE sampler.
+    """
+    return min(s_churn / divisor, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+
+
+def ancestral_sigmas(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_up, sigma_down) of an ancestral step from ``sigma`` to ``sigma_next``:
+    sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2), sigma_down = sqrt(sigma_next^2 - sigma_up^2)."""
+    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    return sigma_up, (sigma_next**2 - sigma_up**2) ** 0.5
+
+
 def expand_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape per-sample ``values`` (B,) or a scalar to broadcast against ``x`` (B, C, H, W)."""
     return values.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype) if values.ndim else values.to(x.dtype)
@@ -135,15 +151,29 @@ def denoised_from_output(
 
 # ---- epg_diffusers/schedulers/base.py ----
 
-"""What both EPG schedulers share: the shifted sigma grid, step-index bookkeeping and x0 from F."""
+"""What every EPG scheduler shares: the shifted sigma grid, the evaluation schedule, step indices and x0 from F.
+
+A scheduler lists every network evaluation: ``timesteps[i]`` = 250 ln ``sigmas[i]`` (shifted sigma), and
+``sigmas`` has one more entry, where the last step ends. Subclasses differ in how grid points become evaluations
+(``_schedule``) and in ``step``; the stochastic ones draw their noise from the ``generator`` they are given (a list
+gives every image its own). Churning schedulers also add noise before an interval's first evaluation
+(:meth:`EPGSchedulerBase.churn`, called by the pipeline before each evaluation; identity for the others).
+"""
 
 sm = SimpleNamespace(  # `sm.` in the package is module epg_diffusers.sigmas
     GUIDANCE_INTERVAL=GUIDANCE_INTERVAL, PREDICTION_TYPES=PREDICTION_TYPES, RHO=RHO, SIGMA_DATA=SIGMA_DATA,
-    SIGMA_MAX=SIGMA_MAX, SIGMA_MIN=SIGMA_MIN, boundary_scalings=boundary_scalings, c_in=c_in,
+    SIGMA_MAX=SIGMA_MAX, SIGMA_MIN=SIGMA_MIN, ancestral_sigmas=ancestral_sigmas,
+    boundary_scalings=boundary_scalings, c_in=c_in, churn_gamma=churn_gamma,
     denoised_from_output=denoised_from_output, expand_like=expand_like, guided_evaluations=guided_evaluations,
     karras_sigmas=karras_sigmas, karras_sigmas_at=karras_sigmas_at, resolution_shift=resolution_shift,
     sigma_to_time=sigma_to_time, time_to_sigma=time_to_sigma,
 )
+
+
+SCHEDULER_NAMES = [  # every EPG scheduler: they share a config and swap with `from_config`
+    "EPGHeunScheduler", "EPGEDMSDEScheduler", "EPGEulerScheduler", "EPGEulerAncestralScheduler", "EPGEulerSDEScheduler",
+    "EPGConsistencyScheduler", "EPGDPMSolverMultistepScheduler", "EPGUniPCMultistepScheduler",
+]
 
 
 @dataclass
@@ -159,20 +189,26 @@ class EPGSchedulerOutput(BaseOutput):
 
 
 class EPGSchedulerBase:
-    """Shared machinery; subclasses build ``self.sigmas`` (one more entry than ``self.timesteps``).
+    """Shared machinery; subclasses define ``_schedule`` (evaluations from the grid) and ``step``.
 
     Subclasses also derive from ``SchedulerMixin`` and ``ConfigMixin`` in their own module: diffusers' pipeline
     loader looks those base classes up in the module named in ``model_index.json``.
     """
 
+    _compatibles = SCHEDULER_NAMES
+    default_num_inference_steps = 32  # Karras points of the paper's sampler
     sigmas: torch.Tensor = None
     timesteps: torch.Tensor = None
+    interval_starts: list[int] = None  # evaluation index where each grid interval begins (image-to-image starts)
+    _step_index = _begin_index = None
 
     def _check_config(self):
         if self.config.prediction_type not in sm.PREDICTION_TYPES:
             raise ValueError(f"`prediction_type` must be one of {sm.PREDICTION_TYPES}, got {self.config.prediction_type!r}.")
         if not 0 < self.config.sigma_min < self.config.sigma_max:
             raise ValueError(f"need 0 < `sigma_min` < `sigma_max`, got {self.config.sigma_min}, {self.config.sigma_max}.")
+        if getattr(self.config, "final_sigmas_type", "sigma_min") not in ("sigma_min", "zero"):
+            raise ValueError(f"`final_sigmas_type` must be 'sigma_min' or 'zero', got {self.config.final_sigmas_type!r}.")
         sm.resolution_shift(self.config.image_size)
 
     @property
@@ -182,23 +218,47 @@ class EPGSchedulerBase:
 
     @property
     def init_noise_sigma(self) -> float:
-        """x_T = init_noise_sigma * eps: the first (shifted) sigma, 320 at 256 px with the default grid."""
-        return float(self.sigmas[0]) if self.sigmas is not None else self.config.sigma_max * self.sigma_shift
+        """x_T = init_noise_sigma * eps: the first (shifted) grid sigma, 320 at 256 px with the default grid."""
+        return self._start_sigma if self.sigmas is not None else self.config.sigma_max * self.sigma_shift
 
     @property
     def step_index(self) -> int | None:
         return self._step_index
 
     @property
-    def begin_index(self) -> int:
+    def begin_index(self) -> int | None:
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0):
-        """Start the loop at ``timesteps[begin_index]`` (diffusers convention; no device sync per step)."""
+        """Start at ``timesteps[begin_index]`` (diffusers' convention, e.g. for image-to-image)."""
         self._begin_index = begin_index
-        self._step_index = begin_index
 
-    def _unshifted_grid(self, num_inference_steps: int | None, sigmas) -> torch.Tensor:
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None):
+        """``num_inference_steps`` Karras points (rho 7, unshifted, then x H/64) or custom unshifted ``sigmas``."""
+        grid = self._grid(num_inference_steps, sigmas) * self.sigma_shift
+        self._points, self._start_sigma = grid, float(grid[0])  # churn may evaluate an interval higher (sigma_hat)
+        eval_sigmas, final, self.interval_starts = self._schedule(grid)
+        self.sigmas = torch.cat([eval_sigmas, final.reshape(1)])  # kept on CPU
+        self.timesteps = sm.sigma_to_time(eval_sigmas).to(device)
+        self.num_inference_steps = len(self.timesteps)
+        self._step_index = self._begin_index = None
+        self._reset()
+
+    def set_image_to_image_timesteps(self, num_inference_steps, strength: float, device=None, sigmas=None):
+        """Image-to-image: the schedule cut to its last ``int(strength * intervals)`` intervals (diffusers'
+        convention), their start marked with ``set_begin_index``. Returns the shifted sigma the image is noised to,
+        or None when no interval runs (the image comes back as it is)."""
+        self.set_timesteps(num_inference_steps, device, sigmas)
+        intervals = len(self.interval_starts)
+        run = min(int(intervals * strength), intervals)
+        if run == 0:
+            self.set_begin_index(len(self.timesteps))
+            return None
+        self.set_begin_index(self.interval_starts[intervals - run])
+        return float(self._points[intervals - run])
+
+    def _grid(self, num_inference_steps: int | None, sigmas) -> torch.Tensor:
+        """The unshifted grid: custom ``sigmas`` (checked) or ``num_inference_steps`` Karras points."""
         if (num_inference_steps is None) == (sigmas is None):
             raise ValueError("pass exactly one of `num_inference_steps` and `sigmas`.")
         if sigmas is not None:
@@ -207,26 +267,51 @@ class EPGSchedulerBase:
                     grid[1:] < grid[:-1]):
                 raise ValueError(f"`sigmas` must be finite, positive and strictly decreasing, got {grid.tolist()}.")
             return grid
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        return None
+        return sm.karras_sigmas(num_inference_steps, self.config.sigma_min, self.config.sigma_max, self.config.rho)
 
-    def _finish_set_timesteps(self, eval_sigmas: torch.Tensor, final_sigma: torch.Tensor, device):
-        self.sigmas = torch.cat([eval_sigmas, final_sigma.reshape(1)])  # kept on CPU
-        self.timesteps = sm.sigma_to_time(eval_sigmas).to(device)
-        self.num_inference_steps = len(self.timesteps)
-        self.set_begin_index(0)
+    def _final_sigma(self, grid: torch.Tensor) -> torch.Tensor:
+        """Where sampling ends: the last grid point (the reference) or 0 (``final_sigmas_type="zero"``, EDM)."""
+        return torch.zeros(()) if getattr(self.config, "final_sigmas_type", "sigma_min") == "zero" else grid[-1]
+
+    def _schedule(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """One evaluation per interval (first-order samplers): the evaluation sigmas, the final sigma, interval starts."""
+        points = grid if getattr(self.config, "final_sigmas_type", "sigma_min") == "zero" else grid[:-1]
+        if len(points) < 1:
+            raise ValueError("`num_inference_steps` must be >= 2 with final_sigmas_type='sigma_min' (one interval).")
+        return points, self._final_sigma(grid), list(range(len(points)))
+
+    def _reset(self):
+        """Forget per-call state (multi-evaluation steps)."""
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """The evaluation index of ``timestep``; a timestep listed twice (a Heun point) starts at its second entry."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        indices = (schedule == torch.as_tensor(timestep, device=schedule.device, dtype=schedule.dtype)).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"timestep {float(timestep)} is not in this scheduler's timesteps.")
+        return int(indices[1 if len(indices) > 1 else 0])
+
+    def _require_timesteps(self, timestep=None):
+        if self.timesteps is None:
+            raise ValueError("call `set_timesteps` before sampling.")
+        if self._step_index is None:
+            if self._begin_index is not None or timestep is None:
+                self._step_index = self._begin_index or 0
+            else:
+                self._step_index = self.index_for_timestep(timestep)
+        if self._step_index >= len(self.timesteps):
+            raise ValueError("all timesteps are used up; call `set_timesteps` again.")
 
     def scale_model_input(self, sample: torch.Tensor, timestep: torch.Tensor | None = None) -> torch.Tensor:
         """c_in(sigma) * sample for the current evaluation (EDM Table 1)."""
-        self._require_timesteps()
+        self._require_timesteps(timestep)
         return sample * sm.c_in(self.sigmas[self._step_index], self.config.sigma_data).to(sample.device, sample.dtype)
 
-    def _require_timesteps(self):
-        if self.timesteps is None:
-            raise ValueError("call `set_timesteps` before sampling.")
-        if self._step_index >= len(self.timesteps):
-            raise ValueError("all timesteps are used up; call `set_timesteps` again.")
+    def churn(self, sample: torch.Tensor, timestep=None, generator=None) -> torch.Tensor:
+        """Noise added before the evaluation at ``timestep`` (EDM's stochastic churn); the sample itself here."""
+        return sample
 
     def _denoise(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x0 = D(x, sigma) from F, clamped to the reference's [-r, r] when ``clip_sample``."""
@@ -238,6 +323,30 @@ class EPGSchedulerBase:
         if self.config.clip_sample:
             x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
         return x0
+
+    def _finish(self, prev_sample: torch.Tensor, x0: torch.Tensor, return_dict: bool):
+        self._step_index += 1
+        return EPGSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0) if return_dict else (prev_sample, x0)
+
+    def network_evaluations(self, guidance_scale: float = 1.0, guidance_interval=None, autoguidance: bool = False,
+                            begin: int = 0) -> int:
+        """Network evaluations per image of the schedule set last, from ``begin``: one per entry of ``timesteps``;
+        two where classifier-free guidance runs (both branches in one batched forward) and with autoguidance."""
+        count = len(self.timesteps) - begin
+        if autoguidance:
+            return 2 * count
+        guided = sm.guided_evaluations(self.sigmas[begin:-1] / self.sigma_shift, guidance_scale, guidance_interval)
+        return count + sum(guided)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_sigma = x0 + sigma * noise at the (shifted) sigmas of ``timesteps`` (image-to-image, training)."""
+        times = torch.as_tensor(timesteps).reshape(-1)
+        if self.timesteps is not None and all((self.timesteps.cpu() == t).any() for t in times.cpu()):
+            sigmas = torch.stack([self.sigmas[self.index_for_timestep(t.to(self.timesteps.device))] for t in times])
+        else:
+            sigmas = sm.time_to_sigma(times.float())
+        sigmas = sigmas.to(original_samples.device, original_samples.dtype)
+        return original_samples + sm.expand_like(sigmas, original_samples) * noise
 
     def __len__(self):
         return len(self.timesteps) if self.timesteps is not None else 0
@@ -284,18 +393,38 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
         clip_sample_range: float = 1.0,
     ):
         self._check_config()
-        self._begin_index = self._step_index = 0
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None):
-        """One step at sigma_max by default; ``num_inference_steps`` > 1 or custom unshifted ``sigmas`` for few-step."""
-        grid = self._unshifted_grid(num_inference_steps, sigmas)
-        if grid is None:
-            grid = sm.karras_sigmas(num_inference_steps + 1, self.config.sigma_min, self.config.sigma_max, self.config.rho)
-            grid = grid[:-1]
+    def _grid(self, num_inference_steps: int | None, sigmas) -> torch.Tensor:
+        """One step at sigma_max by default; n steps: the first n points of an (n + 1)-point Karras grid."""
+        counted = sigmas is None and isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool)
+        if counted and num_inference_steps >= 1:
+            grid = super()._grid(num_inference_steps + 1, None)[:-1]  # sigma_min itself is where sampling ends
+        else:
+            grid = super()._grid(num_inference_steps, sigmas)  # custom sigmas, or the error for a bad count
         if torch.any(grid <= self.config.sigma_min):
             raise ValueError(f"every sampling sigma must exceed `sigma_min`={self.config.sigma_min}, got {grid.tolist()}.")
-        shift = self.sigma_shift
-        self._finish_set_timesteps(grid * shift, torch.tensor(self.config.sigma_min * shift), device)
+        return grid
+
+    def set_image_to_image_timesteps(self, num_inference_steps, strength: float, device=None, sigmas=None):
+        """Image-to-image: the first step at the sigma ``strength`` places on the Karras curve (1: sigma_max, the full
+        schedule's; 0: sigma_min, no step), then the few-step schedule below it. Returns that shifted sigma, or None
+        when no step runs."""
+        if sigmas is not None:
+            return super().set_image_to_image_timesteps(None, strength, device, sigmas)
+        config = self.config
+        start = float(sm.karras_sigmas_at(torch.tensor(1.0 - strength), 2, config.sigma_min, config.sigma_max, config.rho))
+        if start <= config.sigma_min * (1 + 1e-6):
+            self.set_timesteps(1, device)
+            self.set_begin_index(len(self.timesteps))
+            return None
+        grid = sm.karras_sigmas(num_inference_steps + 1, config.sigma_min, start, config.rho)[:-1]
+        self.set_timesteps(device=device, sigmas=grid.tolist())
+        self.set_begin_index(0)
+        return float(self.sigmas[0])
+
+    def _schedule(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """One evaluation per sigma; sampling ends at the (shifted) sigma_min of the boundary condition."""
+        return grid, torch.tensor(self.config.sigma_min * self.sigma_shift), list(range(len(grid)))
 
     def step(
         self,
@@ -304,9 +433,9 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
-    ) -> EPGSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+    ):
         """Denoise at the current sigma; unless this is the last step, re-noise to the next sigma."""
-        self._require_timesteps()
+        self._require_timesteps(timestep)
         index = self._step_index
         sample = sample.float()
         x0 = self._denoise(model_output, sample, self.sigmas[index])
@@ -316,7 +445,4 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
             prev_sample = x0 + (self.sigmas[index + 1] ** 2 - sigma_min**2) ** 0.5 * noise
         else:
             prev_sample = x0
-        self._step_index += 1
-        if not return_dict:
-            return (prev_sample, x0)
-        return EPGSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return self._finish(prev_sample, x0, return_dict)
