@@ -19,7 +19,9 @@ import PIL.ImageFont
 import torch
 
 from .cli import finite_float, non_negative_int, positive_int
-from .defaults import DIFFUSION_PIPELINE, DTYPES, default_pipeline, load_pipeline
+from .defaults import (
+    DIFFUSION_PIPELINE, DTYPES, add_sampling_arguments, configure_sampling, default_pipeline, load_pipeline,
+)
 
 MIN_CELL = 64  # shown size of one image in pixels (integer nearest-neighbour upscaling up to this)
 PAD = 4  # white space around every image and label
@@ -65,6 +67,7 @@ def sample_grid(
     *,
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
+    autoguidance_scale: float | None = None,
     seed: int = 0,
     batch_size: int = 64,
 ) -> tuple[PIL.Image.Image, int]:
@@ -74,7 +77,7 @@ def sample_grid(
         pipe ([`EPGPipeline`]): the pipeline, already on its device.
         classes: class ids or names (default: every class of the pipeline).
         per_class: images per row; column j uses the seed ``seed + j``.
-        num_inference_steps, guidance_scale: as in the pipeline (None: its defaults).
+        num_inference_steps, guidance_scale, autoguidance_scale: as in the pipeline (None: its defaults).
         seed: the seed of the first column.
         batch_size: images per pipeline call (does not change the images).
 
@@ -93,7 +96,7 @@ def sample_grid(
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start : start + batch_size]]
         out = pipe(
             class_labels=labels[start : start + batch_size], num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, generator=generators,
+            guidance_scale=guidance_scale, autoguidance_scale=autoguidance_scale, generator=generators,
         )
         images += out.images
         evaluations = out.num_network_evaluations
@@ -127,6 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-class", type=positive_int, default=8, help="images per class (columns; default 8)")
     parser.add_argument("--num-inference-steps", type=positive_int, default=None, help="default: the pipeline's")
     parser.add_argument("--guidance-scale", type=finite_float, default=None, help="default: the pipeline's (1 = off)")
+    add_sampling_arguments(parser)
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="column j uses seed + j in every row (default 0)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (does not change them)")
@@ -140,10 +144,11 @@ def run(args: argparse.Namespace) -> int:
     pipeline = args.pipeline or default_pipeline()
     device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else "cpu"
     pipe = load_pipeline(pipeline, args.dtype, args.revision).to(device)
+    steps = configure_sampling(pipe, args)
     start = time.perf_counter()
     grid, evaluations = sample_grid(
-        pipe, args.classes, args.per_class, num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
+        pipe, args.classes, args.per_class, num_inference_steps=steps, guidance_scale=args.guidance_scale,
+        autoguidance_scale=args.autoguidance_scale, seed=args.seed, batch_size=args.batch_size,
     )
     seconds = time.perf_counter() - start
     grid.save(args.output)

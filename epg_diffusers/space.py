@@ -94,12 +94,15 @@ def build_space(
     consistency_model: str | None = None,
     hardware: str = "cpu-basic",
     overwrite: bool = False,
+    autoguidance_model: str | None = None,
 ) -> Path:
     """Write the Space folder (see the module docstring) and return it.
 
     Args:
         output_dir: the folder to write (must be missing or empty unless ``overwrite``).
         model, consistency_model: pipeline folders or Hub repo ids (default: the shipped digits pipelines).
+        autoguidance_model: a weaker pipeline of the diffusion model's data (folder or repo id): the demo then
+            offers autoguidance.
         hardware: the front matter's ``suggested_hardware`` (one of ``HARDWARE``).
         overwrite: replace a non-empty ``output_dir``.
     """
@@ -110,6 +113,8 @@ def build_space(
         raise ValueError(f"`output_dir`={str(output)!r} exists and is not empty; pass --overwrite to replace it.")
     sources = {"diffusion": _model(model, DIFFUSION_PIPELINE, "model"),
                "consistency": _model(consistency_model, CONSISTENCY_PIPELINE, "consistency_model")}
+    if autoguidance_model is not None:
+        sources["weak"] = _model(autoguidance_model, None, "autoguidance_model")
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:  # moved in when complete
         building = Path(tmp) / "space"
@@ -151,6 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"diffusion pipeline folder or Hub repo id (default: the shipped {DIFFUSION_PIPELINE})")
     parser.add_argument("--consistency-model", default=None,
                         help=f"consistency pipeline folder or Hub repo id (default: the shipped {CONSISTENCY_PIPELINE})")
+    parser.add_argument("--autoguidance-model", default=None,
+                        help="a weaker pipeline folder or Hub repo id: the demo then offers autoguidance")
     parser.add_argument("--hardware", choices=tuple(HARDWARE), default="cpu-basic", help="suggested hardware")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload the folder as this Space (org/name)")
@@ -159,7 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the Space folder and optionally push it."""
-    folder = build_space(args.output_dir, args.model, args.consistency_model, args.hardware, args.overwrite)
+    folder = build_space(args.output_dir, args.model, args.consistency_model, args.hardware, args.overwrite,
+                         args.autoguidance_model)
     print(f"wrote {folder}: run it with `pip install -r {folder}/requirements.txt gradio=={_gradio_version()}` "
           f"and `python {folder}/app.py`")
     if args.push_to_hub:

@@ -17,11 +17,13 @@ import torch
 from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache  # the cache's own file listing
 from huggingface_hub.utils import filter_repo_objects
 
-from epg_diffusers import EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel, hub
+from epg_diffusers import (
+    EPGEDMSDEScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel, EPGUniPCMultistepScheduler, hub,
+)
 from epg_diffusers.conversion import convert
 from epg_diffusers.remote_code import BUNDLES, bundle_source, package_entries
 
-from .conftest import tiny_pipeline
+from .conftest import TINY_LABELS, tiny_pipeline, tiny_transformer
 from .fresh_env import fresh_venv, installed, pip_install, run
 from .test_conversion import TINY_ARCH, reference_folder
 from .test_finetuning import run_epg
@@ -139,12 +141,20 @@ def test_diffusers_alone_loads_convert_and_training_exports(tmp_path, reference,
     convert(reference_folder(tmp_path, "cm", ema=cm), tmp_path / "cm-out", kind="consistency", **TINY_ARCH)
     run_epg("EPG-tiny/digits-diffusion", "--from_scratch", "--max_train_steps", "2", "--output_dir",
             str(tmp_path / "run"), "--validation_steps", "100")
+    EPGPipeline(tiny_transformer(), EPGUniPCMultistepScheduler(image_size=16), tiny_transformer(seed=1),
+                id2label=TINY_LABELS, default_autoguidance_scale=1.0).save_pretrained(tmp_path / "autoguided")
+    churned = tiny_pipeline()
+    churned.scheduler = EPGEDMSDEScheduler.from_config(churned.scheduler.config, s_churn=5.0)
+    churned.save_pretrained(tmp_path / "churned")
     calls = [
         dict(path=str(tmp_path / "dm-out"), kwargs=dict(class_labels=[3, 1], num_inference_steps=4,
                                                          guidance_interval=[0.0, 1000.0]), seeds=[0, 1]),
         dict(path=str(tmp_path / "cm-out"), kwargs=dict(class_labels=[2, 5], num_inference_steps=2), seeds=[2, 3]),
         dict(path=str(tmp_path / "run" / "pipeline"), kwargs=dict(class_labels=["7", 0], num_inference_steps=3),
              seeds=[4, 5]),
+        dict(path=str(tmp_path / "autoguided"), kwargs=dict(class_labels=["goldfish", 2], num_inference_steps=4),
+             seeds=[6, 7]),  # diffusers' UniPC through the adapter, autoguidance by the saved weaker model
+        dict(path=str(tmp_path / "churned"), kwargs=dict(class_labels=[3, 4], num_inference_steps=5), seeds=[8, 9]),
     ]
     check_same(sample_with_diffusers_alone(diffusers_alone, tmp_path, calls), calls)
 

@@ -17,6 +17,7 @@ from epg_diffusers import (
     EPGUniPCMultistepScheduler,
 )
 from epg_diffusers import sigmas as sm
+from epg_diffusers.schedulers import SAMPLERS, scheduler_for
 
 DATA = Path(__file__).parent / "data"
 SAMPLE_TOL = 1e-4
@@ -154,3 +155,14 @@ def test_every_scheduler_swaps_adds_noise_and_round_trips(cls, tmp_path):
     loaded = cls.from_pretrained(tmp_path)
     loaded.set_timesteps(4)
     assert torch.equal(loaded.sigmas, scheduler.sigmas)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_saves_and_loads_with_the_pipeline(name, tmp_path):
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler_for(name, pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path)
+    loaded = EPGPipeline.from_pretrained(tmp_path)
+    public = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
+    assert type(loaded.scheduler) is type(pipe.scheduler)
+    assert {k: v for k, v in loaded.scheduler.config.items() if not k.startswith("_")} == public

@@ -17,11 +17,13 @@ from pathlib import Path
 from unittest import mock
 
 import huggingface_hub
+import PIL.Image
 import pytest
 import yaml
 from playwright.sync_api import expect, sync_playwright
 
 from epg_diffusers import cli
+from epg_diffusers.schedulers import scheduler_for
 from epg_diffusers.space import _gradio_version
 
 from .conftest import tiny_pipeline
@@ -130,19 +132,37 @@ def set_number(page, elem_id: str, value: str):
     field.blur()
 
 
+def set_slider(page, elem_id: str, value: str):
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(value)
+    field.blur()
+
+
 def generate(page):
     page.locator("#generate").click()
+
+
+def expected_evaluations(sampler: str, steps: int) -> int:
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler_for(sampler, pipe.scheduler.config)
+    return pipe(class_labels=[1], num_inference_steps=steps).num_network_evaluations
 
 
 def test_generate_shows_images_and_evaluations(page):
     pick_class(page, "goldfish")
     set_number(page, "steps", "3")
-    generate(page)
-    expected = tiny_pipeline()(class_labels=[1], num_inference_steps=3).num_network_evaluations
-    expect(page.locator("#status")).to_contain_text(f"network evaluations per image: {expected}")
+    generate(page)  # the default sampler, DPM-Solver++ 2M
+    expect(page.locator("#status")).to_contain_text("DPM-Solver++ 2M (diffusion, fast), 3 step(s) · network "
+                                                    f"evaluations per image: {expected_evaluations('dpm++2m', 3)}")
     expect(page.locator("#status")).to_contain_text("time:")
     expect(page.locator("#gallery img").first).to_be_visible()
     expect(page.locator("#gallery img")).to_have_count(4)  # the default number of images
+    page.get_by_label("Guided Heun (diffusion)").check()
+    expect(page.locator("#steps input")).to_have_value("32")  # the pipeline's saved default
+    set_number(page, "steps", "3")
+    generate(page)
+    expect(page.locator("#status")).to_contain_text(
+        f"Guided Heun (diffusion), 3 step(s) · network evaluations per image: {expected_evaluations('heun', 3)}")
 
 
 def test_consistency_samplers_use_one_and_few_evaluations(page):
@@ -202,7 +222,10 @@ def test_the_shipped_digits_pipelines_are_the_default(browser, tmp_path, request
     """No model configured: the demo serves pipelines/epg-digits-diffusion and -consistency."""
     with serve(tmp_path, {}) as url, open_page(browser, url, request) as page:
         pick_class(page, "7")
-        generate(page)  # the pipeline's defaults: 32 Heun points, guidance 3 in (0.19, 1.61]
+        generate(page)  # the fast default: DPM-Solver++ 2M, 16 points, guidance 3 in (0.19, 1.61]
+        expect(page.locator("#status")).to_contain_text("16 step(s) · network evaluations per image: 19")
+        page.get_by_label("Guided Heun (diffusion)").check()
+        generate(page)  # the pipeline's own defaults: 32 Heun points
         expect(page.locator("#status")).to_contain_text("network evaluations per image: 74")
         expect(page.locator("#gallery img")).to_have_count(4)
         page.get_by_label("One-step (consistency)").check()
@@ -223,8 +246,8 @@ def test_a_space_built_by_epg_space_installs_from_its_requirements_and_runs(brow
     assert not [line for line in requirements if "epg" in line or "/" in line]  # registry names only
     with serve(tmp_path, {}, app=out / "app.py", python=python) as url, open_page(browser, url, request) as page:
         pick_class(page, "3")
-        generate(page)  # the shipped diffusion pipeline's defaults: 74 evaluations
-        expect(page.locator("#status")).to_contain_text("network evaluations per image: 74")
+        generate(page)  # the shipped diffusion pipeline with the fast default sampler
+        expect(page.locator("#status")).to_contain_text("network evaluations per image: 19")
         expect(page.locator("#gallery img")).to_have_count(4)
         page.locator("#presets").get_by_text("One-step (consistency)").first.click()  # a preset row
         expect(page.locator("#sampler input[value='One-step (consistency)']")).to_be_checked()
@@ -240,13 +263,15 @@ def test_space_with_hub_models_is_pushed_as_a_gradio_space(tmp_path, monkeypatch
     shipped = Path(__file__).parents[1] / "pipelines" / "epg-digits-consistency"
     out = tmp_path / "space"
     assert cli.main(["space", str(out), "--model", "org/EPG-XL16-imagenet256", "--consistency-model", str(shipped),
-                     "--hardware", "zero-a10g", "--push-to-hub", "org/epg-demo", "--private"]) == 0
+                     "--hardware", "zero-a10g", "--push-to-hub", "org/epg-demo", "--private",
+                     "--autoguidance-model", "org/EPG-weak"]) == 0
     front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert front["sdk"] == "gradio" and front["sdk_version"] == _gradio_version() and front["app_file"] == "app.py"
-    assert front["models"] == front["preload_from_hub"] == ["org/EPG-XL16-imagenet256"]
+    assert front["models"] == front["preload_from_hub"] == ["org/EPG-XL16-imagenet256", "org/EPG-weak"]
     assert front["suggested_hardware"] == "zero-a10g" and front["python_version"] == "3.11"
     assert json.loads((out / "space.json").read_text()) == {"diffusion": "org/EPG-XL16-imagenet256",
-                                                            "consistency": "models/consistency"}
+                                                            "consistency": "models/consistency",
+                                                            "weak": "org/EPG-weak"}
     assert (out / "models" / "consistency" / "model_index.json").is_file() and not (out / "models" / "diffusion").exists()
     assert not list(out.rglob("__pycache__")) and (out / "epg_diffusers" / "pipelines" / "pipeline_epg.py").is_file()
     api.create_repo.assert_called_once_with("org/epg-demo", repo_type="space", space_sdk="gradio", private=True,
@@ -263,3 +288,28 @@ def test_a_failed_space_build_leaves_nothing_behind(tmp_path, capsys):
     (tmp_path / "out" / "mine.txt").write_text("kept")
     assert cli.main(["space", str(tmp_path / "out")]) == 2  # not empty, no --overwrite: untouched
     assert "exists and is not empty" in capsys.readouterr().err and (tmp_path / "out" / "mine.txt").is_file()
+
+
+def test_autoguidance_and_image_to_image_in_the_demo(browser, tmp_path, request):
+    """With a weaker model configured the demo offers autoguidance; any uploaded image is edited (image-to-image)."""
+    tiny_pipeline().save_pretrained(tmp_path / "diffusion")
+    tiny_pipeline(consistency=True).save_pretrained(tmp_path / "consistency")
+    tiny_pipeline(seed=1).save_pretrained(tmp_path / "weak")
+    PIL.Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "upload.png")  # any size: the demo resizes it
+    models = {"EPG_MODEL_ID": str(tmp_path / "diffusion"), "EPG_CONSISTENCY_MODEL_ID": str(tmp_path / "consistency"),
+              "EPG_WEAK_MODEL_ID": str(tmp_path / "weak")}
+    with serve(tmp_path, models) as url, open_page(browser, url, request) as page:
+        status = page.locator("#status")
+        pick_class(page, "hen")
+        set_number(page, "steps", "4")
+        page.get_by_text("Guidance", exact=True).click()
+        set_slider(page, "autoguidance", "1")
+        generate(page)  # DPM-Solver++ 2M, 4 points: 4 evaluations of each network
+        expect(status).to_contain_text("4 step(s) · autoguidance 1 · network evaluations per image: 8")
+        set_slider(page, "autoguidance", "0")
+        page.get_by_text("Image-to-image", exact=True).click()
+        page.locator("#image input[type=file]").set_input_files(str(tmp_path / "upload.png"))
+        set_slider(page, "strength", "0.5")
+        generate(page)  # half of the 4 points' intervals: the last 2
+        expect(status).to_contain_text("image-to-image, strength 0.5 · network evaluations per image: 2")
+        expect(page.locator("#gallery img")).to_have_count(4)

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..version import __version__
 from ..cli import finite_float, non_negative_int, positive_int, sigma_float
-from ..defaults import DIFFUSION_PIPELINE, DTYPES, default_pipeline, load_pipeline
+from ..defaults import (
+    DIFFUSION_PIPELINE, DTYPES, add_sampling_arguments, configure_sampling, default_pipeline, load_pipeline,
+)
 from ..pipelines import NonFiniteSampleError
+from ..version import __version__
 from .labels import LABEL_MODES, sample_labels
 from .npz import write_images_npz
 
@@ -44,7 +46,7 @@ RUN_ONLY = ("batch_size", "num_processes", "compile", "command", "status", "vers
 
 
 def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_inference_steps, guidance_scale,
-                      guidance_interval, save: str) -> dict:
+                      guidance_interval, save: str, autoguidance_scale=None) -> dict:
     """Every setting that determines the images, with the pipeline's defaults filled in."""
     if save not in SAVE_MODES:
         raise ValueError(f"`save` must be one of {SAVE_MODES}, got {save!r}.")
@@ -52,18 +54,18 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
     steps = num_inference_steps
     if steps is None:
         steps = config.default_num_inference_steps or pipe.scheduler.default_num_inference_steps
-    scale = config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+    scale, autoguidance_scale, guide = pipe.resolve_guidance(guidance_scale, autoguidance_scale, None)
     interval = config.default_guidance_interval if guidance_interval is None else [float(v) for v in guidance_interval]
     pipe.check_inputs(steps, scale, interval, "pt", None)
     pipe.scheduler.set_timesteps(steps)
-    evaluations = pipe.scheduler.network_evaluations(scale, interval)
+    evaluations = pipe.scheduler.network_evaluations(scale, interval, autoguidance=guide is not None)
     sample_labels(labels, num_samples, pipe.transformer.config.num_classes, seed)  # validates N and the mode
     return {
         "num_samples": num_samples, "labels": labels, "num_classes": pipe.transformer.config.num_classes,
         "seed": seed, "seeds": "image i starts from torch.Generator('cpu').manual_seed(seed + i)",
         "sampler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config),
-        "num_inference_steps": steps, "num_network_evaluations": evaluations, "guidance_scale": scale,
-        "guidance_interval": interval, "resolution": pipe.transformer.config.sample_size,
+        "num_inference_steps": steps, "num_network_evaluations": evaluations, "guidance_scale": float(scale),
+        "guidance_interval": interval, "autoguidance_scale": autoguidance_scale, "resolution": pipe.transformer.config.sample_size,
         "dtype": str(pipe.transformer.dtype).removeprefix("torch."), "save": save,
     }
 
@@ -79,7 +81,8 @@ def prepare_output(output_dir: str, settings: dict, is_main: bool) -> bool:
     path = Path(output_dir, SETTINGS_JSON)
     if path.is_file():
         previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if k not in RUN_ONLY and previous.get(k) != v}
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if k not in RUN_ONLY and previous.get(k) != v
+                   and (k in previous or v not in (None, 0))}  # a setting added since that run, left at "off"
         if changed:
             details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ValueError(f"`output_dir`={output_dir!r} holds a run with other settings ({details}); "
@@ -137,7 +140,7 @@ def sample_batch(pipe, indices: np.ndarray, labels: np.ndarray, settings: dict) 
         out = pipe(
             class_labels=labels[indices].tolist(), num_inference_steps=settings["num_inference_steps"],
             guidance_scale=settings["guidance_scale"], guidance_interval=settings["guidance_interval"],
-            generator=generators, output_type="pt",
+            autoguidance_scale=settings["autoguidance_scale"], generator=generators, output_type="pt",
         )
     except NonFiniteSampleError as error:
         seeds = [settings["seed"] + int(i) for i in indices]
@@ -209,6 +212,7 @@ def sample_images(
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
     save: str = "npz",
+    autoguidance_scale: float | None = None,
     state=None,
     extra_settings: dict | None = None,
 ) -> dict:
@@ -223,6 +227,7 @@ def sample_images(
         batch_size: images per forward on each process (does not change the images).
         num_inference_steps, guidance_scale, guidance_interval: as in the pipeline (None: its defaults).
         save: ``"npz"``, ``"png"`` or ``"both"``.
+        autoguidance_scale: as in the pipeline (its ``guidance_transformer`` is the weaker model).
         state (`accelerate.PartialState`, *optional*): the processes; default: this process's.
         extra_settings: more entries for ``settings.json`` (model, command, ...).
 
@@ -235,7 +240,7 @@ def sample_images(
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"`num_samples`={num_samples} and `batch_size`={batch_size} must be >= 1.")
     settings = resolved_settings(pipe, num_samples, labels, seed, num_inference_steps, guidance_scale,
-                                 guidance_interval, save)
+                                 guidance_interval, save, autoguidance_scale)
     settings.update(extra_settings or {})
     versions = {"epg_diffusers": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     settings.update(batch_size=batch_size, num_processes=state.num_processes, versions=versions)
@@ -295,6 +300,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-scale", type=finite_float, default=None, help="default: the pipeline's (1 = off)")
     parser.add_argument("--guidance-interval", type=sigma_float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="unshifted sigma interval (LOW, HIGH] of guidance; `0 inf` guides every step")
+    add_sampling_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward and process")
     parser.add_argument("--save", choices=SAVE_MODES, default="npz", help="samples.npz, PNGs or both")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model weights (the paper: fp32)")
@@ -320,15 +326,16 @@ def run(args: argparse.Namespace) -> int:
     args.pipeline = args.pipeline or default_pipeline()  # recorded in settings.json as the model actually used
     state = PartialState(cpu=not torch.accelerator.is_available())
     pipe = load_pipeline(args.pipeline, args.dtype, args.revision).to(state.device)
+    steps = configure_sampling(pipe, args)
     if args.compile:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
     start = time.perf_counter()
     settings = sample_images(
         pipe, args.output_dir, args.num_samples, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
-        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-        guidance_interval=args.guidance_interval, save=args.save, state=state,
+        num_inference_steps=steps, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
+        save=args.save, autoguidance_scale=args.autoguidance_scale, state=state,
         extra_settings={"model": args.pipeline, "revision": args.revision, "compile": args.compile,
-                        "command": command_line(args)},
+                        "autoguidance_model": args.autoguidance_model, "command": command_line(args)},
     )
     if state.is_main_process:
         print(f"{settings['num_samples']} images in {args.output_dir} ({settings['num_network_evaluations']} network "

@@ -1,12 +1,14 @@
 """EPGEDMSDEScheduler: EDM's stochastic sampler (Algorithm 2) as the reference writes it, on the shifted Karras grid."""
 
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .. import sigmas as sm
 from .scheduling_epg_heun import EPGHeunScheduler
 
 
-class EPGEDMSDEScheduler(EPGHeunScheduler):
+# SchedulerMixin and ConfigMixin are named here too: diffusers' pipeline loader looks them up in this module.
+class EPGEDMSDEScheduler(EPGHeunScheduler, SchedulerMixin, ConfigMixin):
     """The reference's ``edm_sde`` sampler: Heun with churn, with the reference's two departures from EDM.
 
     Before every interval a standard-normal z is drawn from ``generator`` (whether or not churn applies there),
