@@ -15,6 +15,7 @@ from .schedulers import (
 from .version import __version__
 
 __all__ = [
+    "__version__",
     "EPGConsistencyScheduler",
     "EPGDPMSolverMultistepScheduler",
     "EPGEDMSDEScheduler",

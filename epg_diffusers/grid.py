@@ -20,7 +20,12 @@ import torch
 
 from .cli import finite_float, non_negative_int, positive_int
 from .defaults import (
-    DIFFUSION_PIPELINE, DTYPES, add_sampling_arguments, configure_sampling, default_pipeline, load_pipeline,
+    DIFFUSION_PIPELINE,
+    DTYPES,
+    add_sampling_arguments,
+    configure_sampling,
+    default_pipeline,
+    load_pipeline,
 )
 
 MIN_CELL = 64  # shown size of one image in pixels (integer nearest-neighbour upscaling up to this)

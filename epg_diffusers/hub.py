@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, is_offline_mode, snapshot_download
+from huggingface_hub import HfApi, is_offline_mode, snapshot_download
 
-from .version import __version__
 from .model_card import model_card, retarget
 from .remote_code import has_remote_code, write_remote_code
+from .version import __version__
 
 # Never uploaded nor downloaded, whatever else a folder or repo holds (training output, resume state, logs).
 NEVER_UPLOAD = [

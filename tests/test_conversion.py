@@ -3,8 +3,8 @@
 import os
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from epg_diffusers import (
     EPGConsistencyScheduler,

@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 import torch
 
-from epg_diffusers import EPGConsistencyScheduler, EPGEulerScheduler, EPGPipeline
+from epg_diffusers import EPGEulerScheduler, EPGPipeline
 from epg_diffusers import sigmas as sm
 
 from .conftest import tiny_pipeline, tiny_transformer

@@ -18,7 +18,12 @@ from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache  # the 
 from huggingface_hub.utils import filter_repo_objects
 
 from epg_diffusers import (
-    EPGEDMSDEScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel, EPGUniPCMultistepScheduler, hub,
+    EPGEDMSDEScheduler,
+    EPGHeunScheduler,
+    EPGPipeline,
+    EPGTransformer2DModel,
+    EPGUniPCMultistepScheduler,
+    hub,
 )
 from epg_diffusers.conversion import convert
 from epg_diffusers.remote_code import BUNDLES, bundle_source, package_entries

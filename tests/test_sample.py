@@ -11,8 +11,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from epg_diffusers.evaluation import balanced_labels, random_labels, sample_images
+from epg_diffusers.evaluation import balanced_labels, random_labels
 from epg_diffusers.evaluation import sample as sample_command
+from epg_diffusers.evaluation import sample_images
 from epg_diffusers.pipelines import NonFiniteSampleError
 
 from .conftest import tiny_pipeline

@@ -7,17 +7,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from epg_diffusers.defaults import default_pipeline
-
-from .conftest import tiny_pipeline
-
 from epg_diffusers import (
-    EPGConsistencyScheduler, EPGDPMSolverMultistepScheduler, EPGEDMSDEScheduler, EPGEulerAncestralScheduler,
-    EPGEulerScheduler, EPGEulerSDEScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel,
+    EPGConsistencyScheduler,
+    EPGDPMSolverMultistepScheduler,
+    EPGEDMSDEScheduler,
+    EPGEulerAncestralScheduler,
+    EPGEulerScheduler,
+    EPGEulerSDEScheduler,
+    EPGHeunScheduler,
+    EPGPipeline,
+    EPGTransformer2DModel,
     EPGUniPCMultistepScheduler,
 )
 from epg_diffusers import sigmas as sm
+from epg_diffusers.defaults import default_pipeline
 from epg_diffusers.schedulers import SAMPLERS, scheduler_for
+
+from .conftest import tiny_pipeline
 
 DATA = Path(__file__).parent / "data"
 SAMPLE_TOL = 1e-4

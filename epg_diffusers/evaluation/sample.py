@@ -31,7 +31,12 @@ from tqdm.auto import tqdm
 
 from ..cli import finite_float, non_negative_int, positive_int, sigma_float
 from ..defaults import (
-    DIFFUSION_PIPELINE, DTYPES, add_sampling_arguments, configure_sampling, default_pipeline, load_pipeline,
+    DIFFUSION_PIPELINE,
+    DTYPES,
+    add_sampling_arguments,
+    configure_sampling,
+    default_pipeline,
+    load_pipeline,
 )
 from ..pipelines import NonFiniteSampleError
 from ..version import __version__

@@ -18,7 +18,12 @@ from ..models import EPGTransformer2DModel
 from ..schedulers.base import EPGSchedulerBase
 from .inputs import NonFiniteSampleError, check_sampling, check_scale, check_strength, image_tensor
 from .labels import (
-    IMAGENET_MEAN, IMAGENET_STD_X2, LabelMap, check_id2label, check_normalisation, imagenet_id2label,
+    IMAGENET_MEAN,
+    IMAGENET_STD_X2,
+    LabelMap,
+    check_id2label,
+    check_normalisation,
+    imagenet_id2label,
 )
 
 EXAMPLE_DOC_STRING = """
