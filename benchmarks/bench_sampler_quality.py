@@ -25,8 +25,9 @@ from epg_diffusers.evaluation import evaluate_small_data, sample_images
 from epg_diffusers.schedulers import scheduler_for
 
 SEEDS = (0, 10_000, 20_000)
-SETTINGS = [  # (label, sampler, steps, scheduler options, autoguidance scale)
+SETTINGS = [  # (label, sampler, steps, scheduler options, autoguidance scale); guidance: the pipeline's, 3 in (0.19, 1.61]
     *[("guided Heun (paper)", "heun", n, {}, None) for n in (32, 16, 10, 6)],
+    ("Heun, no guidance", "heun", 32, {"guidance_scale": 1.0}, None),
     *[("Euler", "euler", n, {}, None) for n in (80, 40, 20, 10)],
     *[("Euler-ancestral", "euler-ancestral", n, {}, None) for n in (40, 20, 10)],
     *[("Euler-SDE", "euler-sde", n, {}, None) for n in (80, 40, 20)],
@@ -34,16 +35,20 @@ SETTINGS = [  # (label, sampler, steps, scheduler options, autoguidance scale)
     *[("DPM-Solver++ 2M", "dpm++2m", n, {}, None) for n in (24, 16, 12, 8, 6)],
     *[("DPM-Solver++ 3M", "dpm++3m", n, {}, None) for n in (16, 12, 8)],
     *[("UniPC", "unipc", n, {}, None) for n in (16, 12, 8, 6)],
+    *[("DPM-Solver++ 2M, no guidance", "dpm++2m", n, {"guidance_scale": 1.0}, None) for n in (20, 16, 12)],
+    *[("UniPC, no guidance", "unipc", n, {"guidance_scale": 1.0}, None) for n in (20, 16)],
 ]
 AUTOGUIDANCE = [(f"Heun + autoguidance w={w}", "heun", 16, {}, w) for w in (0.5, 1.0)] + [
     (f"DPM-Solver++ 2M + autoguidance w={w}", "dpm++2m", 8, {}, w) for w in (0.5, 1.0)]
 
 
 def run_setting(pipe, base_config, label, sampler, steps, options, autoguidance, seed, folder) -> dict:
+    options = dict(options)
+    guidance = options.pop("guidance_scale", None)  # None: the pipeline's default guidance
     pipe.scheduler = scheduler_for(sampler, base_config, **options)
     start = time.perf_counter()
     settings = sample_images(pipe, str(folder), 1000, seed=seed, batch_size=100, num_inference_steps=steps,
-                             autoguidance_scale=autoguidance)
+                             guidance_scale=guidance, autoguidance_scale=autoguidance)
     seconds = time.perf_counter() - start
     metrics = evaluate_small_data(str(folder / "samples.npz"), "digits")
     return dict(label=label, sampler=sampler, steps=steps, options=options, autoguidance_scale=autoguidance, seed=seed,

@@ -179,6 +179,19 @@ def test_finetuning_bad_input(encoder_folder, tmp_path):
     assert result.returncode != 0 and "exactly one of `--encoder`" in result.stderr
 
 
+@pytest.mark.parametrize("mode", ["diffusion", "consistency"])
+def test_a_generator_folder_is_refused_as_encoder(mode, tmp_path):
+    """A generator's transformer folder or a pipeline folder given to --encoder: refused, saying what it is."""
+    from .conftest import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    for given, says in ((tmp_path / "pipe" / "transformer", "is a saved EPGTransformer2DModel, not an RCMEncoderModel"),
+                        (tmp_path / "pipe", "is a pipeline folder, not an encoder")):
+        result = run_epg(f"EPG-tiny/digits-{mode}", "--encoder", str(given), "--output_dir", str(tmp_path / "out"),
+                         "--max_train_steps", "1", check=False)
+        assert result.returncode != 0 and says in result.stderr and "pass an RCMEncoderModel folder" in result.stderr
+
+
 def test_digits_recipes_do_not_mirror_the_training_images():
     import numpy as np
     import PIL.Image

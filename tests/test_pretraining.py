@@ -18,7 +18,7 @@ from epg_diffusers.training.curricula import cosine_tau2, interpolated_tau, num_
 from epg_diffusers.training.data import (
     SeededImageDataset, adm_center_crop, collate_skipping_broken, load_image_dataset, preprocess, rcm_views,
 )
-from epg_diffusers.training.objectives import nt_xent, rcm_pretrain_loss
+from epg_diffusers.training.objectives import network_inputs, nt_xent, rcm_pretrain_loss
 
 ROOT = Path(__file__).parent.parent
 # one OpenMP thread per training process: on 2 shared cores, spinning thread pools slow tiny models 10x
@@ -41,6 +41,28 @@ def test_objective_matches_reference(reference, mode):
     )
     for key in ("loss", "contrastive_loss", "consistency"):
         assert (out[key] - data[f"{mode}/{key}"]).abs().max() <= 1e-5, key
+
+
+def test_contrastive_tau_is_the_contrastive_temperature(reference, tmp_path):
+    """`--contrastive_tau` reaches the loss: the contrastive term is the NT-Xent of the views at that temperature."""
+    online = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_online/"), **reference["encoder_config"])
+    target = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_target/"), **reference["encoder_config"])
+    data, shift = reference["sub"]("tiny32/pretrain/"), 0.5
+    grid = sm.karras_sigmas(21) * shift
+    args = (online.eval(), target, data["x_start"], data["x_aug1"], data["x_aug2"], data["noise"], (grid[-1], grid[7], grid[8]))
+    with torch.no_grad():
+        out = rcm_pretrain_loss(*args, contrastive_tau=0.3)
+        views = [x + data["noise"] * grid[-1] for x in (data["x_aug1"], data["x_aug2"])]
+        p1, p2 = (online(*network_inputs(v, grid[-1]), return_dict=False)[0] for v in views)
+        z1, z2 = (target(*network_inputs(v, grid[-1]), return_dict=False)[0] for v in views)
+    assert torch.allclose(out["contrastive_loss"], nt_xent(p1, z2, 0.3) + nt_xent(p2, z1, 0.3), atol=1e-6)
+    assert not torch.allclose(out["contrastive_loss"], rcm_pretrain_loss(*args)["contrastive_loss"])  # 0.2
+    losses = {}
+    for tau in ("0.2", "0.3"):  # and the training script passes it on
+        run_rcm("--max_train_steps", "1", "--log_every", "1", "--contrastive_tau", tau,
+                "--output_dir", str(tmp_path / tau))
+        losses[tau] = metrics(tmp_path / tau)[0]["contrastive_loss"]
+    assert losses["0.2"] != losses["0.3"]
 
 
 def test_curriculum_and_tau_schedule_match_reference(reference):

@@ -120,6 +120,7 @@ class RCMHooks:
         terms = rcm_pretrain_loss(
             self.online, self.target.module, batch["x0"], batch["view1"], batch["view2"], noise, (t0, tn, tn1),
             gather=self.accelerator.gather, offset=rank * len(noise), consistency_tau=self.tau,
+            contrastive_tau=args.contrastive_tau,
         )
         self.throughput.add(len(noise))
         chosen = {"both": terms["loss"], "contrastive": terms["contrastive_loss"], "consistency": terms["consistency"]}

@@ -1,7 +1,9 @@
 """Fine-tuning set-up: the pre-trained encoder inside a generator, parameter groups and learning-rate schedules."""
 
 import bisect
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -28,6 +30,19 @@ def _encoder_from_file(path: str, like) -> RCMEncoderModel:
         raise ValueError(f"`encoder`={path!r} does not fit the generator's encoder: {error}") from error
 
 
+def check_encoder_folder(source: str) -> None:
+    """Refuse a folder that is not a saved ``RCMEncoderModel`` (e.g. a generator or a pipeline) by what it is."""
+    expected = "an RCMEncoderModel folder (train_rcm.py's <output_dir>/encoder) or a reference nnet.pth"
+    if os.path.isfile(os.path.join(source, "model_index.json")):
+        raise ValueError(f"`encoder`={source!r} is a pipeline folder, not an encoder: pass {expected}.")
+    try:
+        found = json.loads(Path(source, "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`encoder`={source!r} has no readable config.json ({error}): pass {expected}.") from error
+    if found != RCMEncoderModel.__name__:
+        raise ValueError(f"`encoder`={source!r} is a saved {found}, not an RCMEncoderModel: pass {expected}.")
+
+
 def load_encoder(model, source: str, freeze: bool = False, reference_like=None) -> RCMEncoderModel:
     """Load a pre-trained encoder (train_rcm.py folder or reference file); copy its trunk into ``model``.
 
@@ -37,6 +52,7 @@ def load_encoder(model, source: str, freeze: bool = False, reference_like=None) 
     """
     like = model if model is not None else reference_like
     if os.path.isdir(source):
+        check_encoder_folder(source)
         encoder = RCMEncoderModel.from_pretrained(source)
     elif os.path.isfile(source):
         encoder = _encoder_from_file(source, like)

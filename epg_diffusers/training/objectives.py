@@ -32,14 +32,16 @@ def nt_xent(
 
 
 def rcm_pretrain_loss(
-    online, target, x0, view1, view2, noise, sigmas, gather=lambda t: t, offset=0, consistency_tau=0.1
+    online, target, x0, view1, view2, noise, sigmas, gather=lambda t: t, offset=0, consistency_tau=0.1,
+    contrastive_tau=0.2,
 ) -> dict[str, torch.Tensor]:
     """RCM pre-training loss per sample (paper Eq. 3; reference notes section 4).
 
     ``sigmas`` = (t_0, t_n, t_{n+1}) shifted, with t_0 = sigma_min H/64 and t_n > t_{n+1}; one ``noise``
     eps per image is shared by all four noisy inputs. ``online`` and ``target`` (momentum encoder) return
     (projection, normed CLS feature). ``gather`` collects a tensor from all processes (targets only), and
-    ``offset`` is this process's first row in the global batch.
+    ``offset`` is this process's first row in the global batch. ``contrastive_tau`` is the temperature of the
+    contrastive term (the paper's 0.2), ``consistency_tau`` that of the consistency term.
     """
     t0, tn, tn1 = sigmas
     # Contrastive term: two augmented views at t_0, online projections vs momentum projections, symmetric.
@@ -48,7 +50,7 @@ def rcm_pretrain_loss(
     with torch.no_grad():
         z1 = target(*network_inputs(view1 + noise * t0, t0), return_dict=False)[0]
         z2 = target(*network_inputs(view2 + noise * t0, t0), return_dict=False)[0]
-    contrastive = nt_xent(p1, gather(z2), 0.2, offset) + nt_xent(p2, gather(z1), 0.2, offset)
+    contrastive = nt_xent(p1, gather(z2), contrastive_tau, offset) + nt_xent(p2, gather(z1), contrastive_tau, offset)
     # Representation consistency: normed CLS at t_n vs stop-gradient online CLS at t_{n+1} (same eps).
     h_n = online(*network_inputs(x0 + noise * tn, tn), return_dict=False)[1]
     with torch.no_grad():
