@@ -19,7 +19,7 @@ DIFFUSION_PIPELINE = "epg-digits-diffusion"  # guided Heun (EPGHeunScheduler): t
 CONSISTENCY_PIPELINE = "epg-digits-consistency"  # one-step / few-step (EPGConsistencyScheduler)
 SAMPLING_PRESETS = {  # `--preset NAME`: a sampler and its steps (an explicit --sampler or --num-inference-steps wins)
     "paper": ("heun", 32),  # the paper's guided Heun: 74 network evaluations with interval guidance
-    "fast": ("dpm++2m", 16),  # DPM-Solver++ 2M: 18 evaluations, measured against "paper" in BENCHMARKS.md
+    "fast": ("dpm++3m", 12),  # DPM-Solver++ 3M: 14 evaluations, paper's Fréchet distance on the digits (BENCHMARKS.md)
 }
 
 

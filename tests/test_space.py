@@ -151,9 +151,9 @@ def expected_evaluations(sampler: str, steps: int) -> int:
 def test_generate_shows_images_and_evaluations(page):
     pick_class(page, "goldfish")
     set_number(page, "steps", "3")
-    generate(page)  # the default sampler, DPM-Solver++ 2M
-    expect(page.locator("#status")).to_contain_text("DPM-Solver++ 2M (diffusion, fast), 3 step(s) · network "
-                                                    f"evaluations per image: {expected_evaluations('dpm++2m', 3)}")
+    generate(page)  # the default sampler, DPM-Solver++ 3M
+    expect(page.locator("#status")).to_contain_text("DPM-Solver++ 3M (diffusion, fast), 3 step(s) · network "
+                                                    f"evaluations per image: {expected_evaluations('dpm++3m', 3)}")
     expect(page.locator("#status")).to_contain_text("time:")
     expect(page.locator("#gallery img").first).to_be_visible()
     expect(page.locator("#gallery img")).to_have_count(4)  # the default number of images
@@ -222,8 +222,8 @@ def test_the_shipped_digits_pipelines_are_the_default(browser, tmp_path, request
     """No model configured: the demo serves pipelines/epg-digits-diffusion and -consistency."""
     with serve(tmp_path, {}) as url, open_page(browser, url, request) as page:
         pick_class(page, "7")
-        generate(page)  # the fast default: DPM-Solver++ 2M, 16 points, guidance 3 in (0.19, 1.61]
-        expect(page.locator("#status")).to_contain_text("16 step(s) · network evaluations per image: 19")
+        generate(page)  # the fast default: DPM-Solver++ 3M, 12 points, guidance 3 in (0.19, 1.61]
+        expect(page.locator("#status")).to_contain_text("12 step(s) · network evaluations per image: 14")
         page.get_by_label("Guided Heun (diffusion)").check()
         generate(page)  # the pipeline's own defaults: 32 Heun points
         expect(page.locator("#status")).to_contain_text("network evaluations per image: 74")
@@ -247,7 +247,7 @@ def test_a_space_built_by_epg_space_installs_from_its_requirements_and_runs(brow
     with serve(tmp_path, {}, app=out / "app.py", python=python) as url, open_page(browser, url, request) as page:
         pick_class(page, "3")
         generate(page)  # the shipped diffusion pipeline with the fast default sampler
-        expect(page.locator("#status")).to_contain_text("network evaluations per image: 19")
+        expect(page.locator("#status")).to_contain_text("network evaluations per image: 14")
         expect(page.locator("#gallery img")).to_have_count(4)
         page.locator("#presets").get_by_text("One-step (consistency)").first.click()  # a preset row
         expect(page.locator("#sampler input[value='One-step (consistency)']")).to_be_checked()
@@ -304,7 +304,7 @@ def test_autoguidance_and_image_to_image_in_the_demo(browser, tmp_path, request)
         set_number(page, "steps", "4")
         page.get_by_text("Guidance", exact=True).click()
         set_slider(page, "autoguidance", "1")
-        generate(page)  # DPM-Solver++ 2M, 4 points: 4 evaluations of each network
+        generate(page)  # DPM-Solver++ 3M, 4 points: 4 evaluations of each network
         expect(status).to_contain_text("4 step(s) · autoguidance 1 · network evaluations per image: 8")
         set_slider(page, "autoguidance", "0")
         page.get_by_text("Image-to-image", exact=True).click()
