@@ -34,7 +34,7 @@ def describe(folder: str | os.PathLike) -> dict:
     scheduler_class = getattr(schedulers, index["scheduler"][1])
     scheduler = scheduler_class.from_config(scheduler_class.load_config(folder / "scheduler"))
     model = dict(EPGTransformer2DModel.load_config(folder / "transformer"))
-    steps = index.get("default_num_inference_steps") or scheduler.default_num_inference_steps
+    steps = scheduler.resolve_steps(index.get("default_num_inference_steps"))
     scale = index.get("default_guidance_scale", 1.0)
     interval = index.get("default_guidance_interval", sm.GUIDANCE_INTERVAL)
     scheduler.set_timesteps(steps)

@@ -56,9 +56,7 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
     if save not in SAVE_MODES:
         raise ValueError(f"`save` must be one of {SAVE_MODES}, got {save!r}.")
     config = pipe.config
-    steps = num_inference_steps
-    if steps is None:
-        steps = config.default_num_inference_steps or pipe.scheduler.default_num_inference_steps
+    steps = pipe.scheduler.resolve_steps(num_inference_steps, config.default_num_inference_steps)
     scale, autoguidance_scale, guide = pipe.resolve_guidance(guidance_scale, autoguidance_scale, None)
     interval = config.default_guidance_interval if guidance_interval is None else [float(v) for v in guidance_interval]
     pipe.check_inputs(steps, scale, interval, "pt", None)

@@ -465,7 +465,8 @@ class EPGPipeline(DiffusionPipeline):
                 f"`sample_size`={self.transformer.config.sample_size}."
             )
         check_sampling(num_inference_steps, guidance_scale, guidance_interval)
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        images = num_images_per_prompt
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
             raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -609,8 +610,9 @@ class EPGPipeline(DiffusionPipeline):
         # 1. Resolve defaults and check inputs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        if num_inference_steps is None and sigmas is None:
-            num_inference_steps = self.config.default_num_inference_steps or self.scheduler.default_num_inference_steps
+        if sigmas is None:
+            configured = self.config.default_num_inference_steps
+            num_inference_steps = self.scheduler.resolve_steps(num_inference_steps, configured)
         guidance_scale, autoguidance_scale, guide = self.resolve_guidance(
             guidance_scale, autoguidance_scale, guidance_transformer)
         if guidance_interval is None:
@@ -637,7 +639,8 @@ class EPGPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps[begin:]
         self._num_timesteps = len(timesteps)
         guided = self.guided_steps(self._guidance_scale, guidance_interval)[begin:]
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        stochastic = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if stochastic else {}
         churn = getattr(self.scheduler, "churn", None)  # EPG schedulers: noise added before an evaluation (EDM churn)
 
         # 3. Initial state x_T, or the noised image (the state is kept in float32 whatever the model dtype)

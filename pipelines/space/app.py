@@ -101,7 +101,7 @@ def sampler_defaults(sampler: str) -> tuple[int, float, float, float]:
     pipe = PIPES[kind]
     configured = pipe.config.default_num_inference_steps
     if steps is None:
-        steps = configured or scheduler_for(name, SCHEDULER_CONFIG).default_num_inference_steps
+        steps = scheduler_for(name, SCHEDULER_CONFIG).resolve_steps(configured)
     if sampler == FEW_STEP:
         steps = max(2, configured or 2)
     low, high = pipe.config.default_guidance_interval or (0.0, pipe.scheduler.config.sigma_max)

@@ -233,6 +233,11 @@ class EPGSchedulerBase:
         """Start at ``timesteps[begin_index]`` (diffusers' convention, e.g. for image-to-image)."""
         self._begin_index = begin_index
 
+    def resolve_steps(self, *requested: int | None) -> int:
+        """The steps to run: the first of ``requested`` that is set (a call's, then a pipeline's stored default),
+        else this scheduler's ``default_num_inference_steps``. Every entry point resolves steps here."""
+        return next((steps for steps in requested if steps is not None), self.default_num_inference_steps)
+
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None):
         """``num_inference_steps`` Karras points (rho 7, unshifted, then x H/64) or custom unshifted ``sigmas``."""
         grid = self._grid(num_inference_steps, sigmas) * self.sigma_shift
