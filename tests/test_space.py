@@ -225,12 +225,13 @@ def test_the_shipped_digits_pipelines_are_the_default(browser, tmp_path, request
         generate(page)  # the fast default: DPM-Solver++ 3M, 12 points, guidance 3 in (0.19, 1.61]
         expect(page.locator("#status")).to_contain_text("12 step(s) · network evaluations per image: 14")
         page.get_by_label("Guided Heun (diffusion)").check()
+        expect(page.locator("#steps input")).to_have_value("32")  # the sampler's defaults are in place
         generate(page)  # the pipeline's own defaults: 32 Heun points
         expect(page.locator("#status")).to_contain_text("network evaluations per image: 74")
         expect(page.locator("#gallery img")).to_have_count(4)
         page.get_by_label("One-step (consistency)").check()
         generate(page)
-        expect(page.locator("#status")).to_contain_text("network evaluations per image: 1")
+        expect(page.locator("#status")).to_contain_text("network evaluations per image: 1 ")
         expect(page.locator("#gallery img").first).to_be_visible()
 
 
