@@ -37,9 +37,14 @@ def test_negatives_span_the_global_batch(reference, tmp_path):
 
 
 def test_two_process_training_run_checkpoints_and_exports(tmp_path):
-    run_rcm("--max_train_steps", "2", "--checkpointing_steps", "1", "--log_every", "1", "--diagnostic_every", "2",
-            "--output_dir", str(tmp_path), launcher=LAUNCH)
+    result = run_rcm("--max_train_steps", "2", "--checkpointing_steps", "1", "--log_every", "1",
+                     "--diagnostic_every", "2", "--train_batch_size", "8", "--output_dir", str(tmp_path), launcher=LAUNCH)
     rows = metrics(tmp_path)
     assert [row["step"] for row in rows] == [1, 2] and all(row["loss"] > 0 for row in rows)
+    # --train_batch_size is per device: two processes train on 16 images a step, and the log says so
+    assert "batch: 8 per device x 1 accumulation steps x 2 processes = 16 images per step" in result.stderr
+    assert all(row["images_per_step"] == 16 for row in rows)
+    config = json.loads((tmp_path / "run_config.json").read_text())
+    assert (config["train_batch_size"], config["global_batch_size"], config["num_processes"]) == (8, 16, 2)
     assert (tmp_path / "checkpoints" / "checkpoint-2" / "random_states_1.pkl").is_file()  # both processes saved
     assert RCMEncoderModel.from_pretrained(tmp_path / "encoder").config.depth == 2

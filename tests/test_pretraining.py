@@ -116,8 +116,9 @@ def test_unknown_data_set_is_a_clear_error():
 
 
 def run_rcm(*args, launcher=(sys.executable,), check=True, timeout=600):
+    batch = [] if {"--train_batch_size", "--global_batch_size"} & set(args) else ["--train_batch_size", "16"]
     command = [*launcher, str(ROOT / "training" / "train_rcm.py"), "--preset", "RCM-tiny/digits",
-               "--model_config", TINY_ENCODER, "--train_batch_size", "16", "--report_to", "none", *args]
+               "--model_config", TINY_ENCODER, *batch, "--report_to", "none", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=SUBPROCESS_ENV)
     if check and result.returncode:
         raise AssertionError(result.stderr[-3000:])
@@ -131,7 +132,7 @@ def metrics(folder: Path) -> list[dict]:
 def test_train_checkpoint_and_exact_resume(tmp_path):
     common = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
               "--log_every", "1", "--diagnostic_every", "3"]
-    run_rcm(*common, "--output_dir", str(tmp_path / "full"))
+    log = run_rcm(*common, "--output_dir", str(tmp_path / "full")).stderr
     run_rcm(*common, "--output_dir", str(tmp_path / "split"), "--max_steps_per_run", "3")
     assert not (tmp_path / "split" / "encoder").exists()  # stopped early: no export yet
     run_rcm(*common, "--output_dir", str(tmp_path / "split"), "--resume_from_checkpoint", "latest")
@@ -142,7 +143,12 @@ def test_train_checkpoint_and_exact_resume(tmp_path):
     assert "feature_std/sigma_80" in full[2]
     encoder = RCMEncoderModel.from_pretrained(tmp_path / "full" / "encoder")
     assert encoder.config.embed_dim == 32 and (tmp_path / "full" / "encoder" / "README.md").is_file()
-    assert json.loads((tmp_path / "full" / "run_config.json").read_text())["preset"] == "RCM-tiny/digits"
+    config = json.loads((tmp_path / "full" / "run_config.json").read_text())
+    assert config["preset"] == "RCM-tiny/digits"
+    # one process: the per-device batch is the global batch (two processes: tests/test_multiprocess.py)
+    assert "batch: 16 per device x 1 accumulation steps x 1 processes = 16 images per step" in log
+    assert (config["train_batch_size"], config["global_batch_size"], config["num_processes"]) == (16, 16, 1)
+    assert all(row["images_per_step"] == 16 for row in full)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +156,9 @@ def test_train_checkpoint_and_exact_resume(tmp_path):
     [
         (["--preset", "RCM-Q/16"], "unknown `preset` 'RCM-Q/16'"),
         (["--dataset_name", "/no/such/data"], "cannot load data set"),
-        (["--train_batch_size", "15", "--gradient_accumulation_steps", "2"], "is not divisible by processes x accumulation"),
+        (["--global_batch_size", "15", "--gradient_accumulation_steps", "2"], "is not divisible by processes x accumulation"),
+        (["--train_batch_size", "0"], "`train_batch_size` (per device) must be >= 1"),
+        (["--train_batch_size", "8", "--global_batch_size", "16"], "give `--train_batch_size` (per device) or"),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], "is not a complete checkpoint folder"),
     ],
 )
@@ -175,3 +183,36 @@ def test_dry_run_prints_resolved_recipe(tmp_path):
     out = run_rcm("--dry_run", "--output_dir", str(tmp_path), "--learning_rate", "0.5").stdout
     config = json.loads(out)
     assert config["learning_rate"] == 0.5 and config["momentum"] == 0.99 and config["dataset_name"] == "digits"
+
+
+@pytest.mark.parametrize(
+    "args, world_size, per_device, total",
+    [
+        ([], 1, 64, 64),  # the recipe's global batch
+        ([], 2, 32, 64),  # ... stays global on two processes
+        (["--gradient_accumulation_steps", "4"], 2, 8, 64),
+        (["--train_batch_size", "8"], 1, 8, 8),  # per device, as in the diffusers examples
+        (["--train_batch_size", "8", "--gradient_accumulation_steps", "2"], 4, 8, 64),
+        (["--global_batch_size", "32"], 2, 16, 32),
+    ],
+)
+def test_batch_sizes_per_device_or_global(tmp_path, args, world_size, per_device, total):
+    command = [sys.executable, str(ROOT / "training" / "train_rcm.py"), "--preset", "RCM-tiny/digits", "--dry_run",
+               "--output_dir", str(tmp_path), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**SUBPROCESS_ENV, "WORLD_SIZE": str(world_size)})
+    config = json.loads(result.stdout)
+    assert (config["train_batch_size"], config["global_batch_size"], config["num_processes"]) == (
+        per_device, total, world_size)
+
+
+def test_resume_keeps_the_global_batch(tmp_path):
+    run_rcm("--max_train_steps", "2", "--max_steps_per_run", "1", "--output_dir", str(tmp_path))
+    changed = run_rcm("--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--output_dir", str(tmp_path),
+                      "--train_batch_size", "8", check=False)
+    assert changed.returncode != 0
+    assert "resuming with a global batch of 8" in changed.stderr and "--global_batch_size 16" in changed.stderr
+    assert [row["step"] for row in metrics(tmp_path)] == [1]  # nothing trained, nothing lost
+    run_rcm("--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--output_dir", str(tmp_path),
+            "--global_batch_size", "16")
+    assert [row["step"] for row in metrics(tmp_path)] == [1, 2]

@@ -83,7 +83,7 @@ def generator_config(args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     if args.dry_run:
-        print(json.dumps(vars(args), indent=2, sort_keys=True, default=str))
+        runner.print_dry_run(args)
         return
     accelerator = runner.make_accelerator(args)
     resume_path = runner.resolve_resume(args.resume_from_checkpoint, args.output_dir)

@@ -8,7 +8,6 @@ Every recipe value is a flag; ``--dry_run`` prints the resolved configuration an
 
 import argparse
 import copy
-import json
 import logging
 import math
 from pathlib import Path
@@ -58,7 +57,7 @@ def build_encoder(args) -> RCMEncoderModel:
 def main(argv=None):
     args = parse_args(argv)
     if args.dry_run:
-        print(json.dumps(vars(args), indent=2, sort_keys=True))
+        runner.print_dry_run(args)
         return
     accelerator = runner.make_accelerator(args)
     resume_path = runner.resolve_resume(args.resume_from_checkpoint, args.output_dir)

@@ -4,12 +4,16 @@ Pre-training recipes follow the paper (Table 10) where it and the reference laun
 batch 1024 (the reference script runs 8), projector output 256, and the paper's temperature
 tau(sigma) = tau1 (1 - u) + tau2 u with tau2 cosine-annealed 0.2 -> 0.1 (the reference config uses a
 constant 0.1: ``--consistency_tau constant``).
+
+Batches are global (``global_batch_size``: images per optimisation step over all processes and accumulation
+steps, as the paper states them), so a recipe trains the same on 1 or 64 GPUs; ``--train_batch_size`` on the
+command line gives a per-device batch instead (diffusers' meaning) and replaces the recipe's global one.
 """
 
 from .. import sigmas as sm
 
 _RCM_PAPER = dict(
-    train_batch_size=1024,
+    global_batch_size=1024,
     max_train_steps=600_000,
     learning_rate=6e-4,
     lr_scheduler="cosine",
@@ -41,7 +45,7 @@ RCM_RECIPES: dict[str, dict] = {
         model=dict(sample_size=16, patch_size=4, depth=4, embed_dim=128, num_heads=4,
                    projector_hidden_dim=512, projector_dim=128),
         dataset_name="digits",
-        train_batch_size=64,
+        global_batch_size=64,
         max_train_steps=300,
         learning_rate=1e-3,
         lr_warmup_steps=30,
@@ -61,7 +65,7 @@ def get_recipe(name: str, recipes: dict[str, dict]) -> dict:
 
 _DIFFUSION_PAPER = dict(
     mode="diffusion",
-    train_batch_size=1024,
+    global_batch_size=1024,
     max_train_steps=1_000_000,
     learning_rate=1e-4,
     lr_scheduler="cosine",
@@ -88,7 +92,7 @@ _DIFFUSION_PAPER = dict(
 _CONSISTENCY_PAPER = dict(
     _DIFFUSION_PAPER,
     mode="consistency",
-    train_batch_size=256,  # the reference launch script (its config says 1024)
+    global_batch_size=256,  # the reference launch script (its config says 1024)
     lr_scheduler="step",
     lr_step_milestones=(400_000, 500_000),
     lr_step_factors=(0.3, 0.08),
@@ -115,7 +119,7 @@ _TINY = dict(
     random_flip=False,  # a mirrored digit is another glyph
     model=dict(sample_size=16, patch_size=4, depth=4, embed_dim=128, num_heads=4,
                decoder_depth=4, decoder_embed_dim=128, decoder_num_heads=4, num_classes=10),
-    train_batch_size=64,
+    global_batch_size=64,
     learning_rate=1e-3,
     lr_warmup_steps=50,
     clip_after_step=50,

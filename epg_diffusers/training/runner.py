@@ -53,7 +53,12 @@ def add_common_arguments(parser, presets: dict):
     add("--label_column", default="label")
     add("--model_config", type=json.loads, default={}, help="JSON overrides of the model config")
     add("--output_dir", required=True)
-    add("--train_batch_size", type=int, help="global batch over all processes and accumulation steps")
+    add("--train_batch_size", type=int,
+        help="images per device per micro-step (diffusers' meaning): the global batch is this x processes x "
+             "--gradient_accumulation_steps; replaces the recipe's --global_batch_size")
+    add("--global_batch_size", type=int,
+        help="images per optimisation step over all processes and accumulation steps (the paper's batch, what the "
+             "recipes set); must divide by processes x accumulation. Give this or --train_batch_size, not both")
     add("--max_train_steps", type=int)
     add("--learning_rate", type=float)
     add("--lr_scheduler", default=None)
@@ -86,12 +91,23 @@ def resolve_arguments(parser, argv, presets: dict):
     from .recipes import get_recipe
 
     args = parser.parse_args(argv)
+    if args.train_batch_size is not None and args.global_batch_size is not None:
+        parser.error("give `--train_batch_size` (per device) or `--global_batch_size` (over all processes and "
+                     "accumulation steps), not both")
     for key, value in get_recipe(args.preset, presets).items():
+        if key == "global_batch_size" and args.train_batch_size is not None:
+            continue  # a per-device batch from the command line replaces the recipe's global one
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.dataset_name is None:
         parser.error("`--dataset_name` is required for this preset")
     return args
+
+
+def print_dry_run(args) -> None:
+    """``--dry_run``: the resolved configuration, batches resolved for this launch (``WORLD_SIZE`` processes)."""
+    resolve_batch(args, int(os.environ.get("WORLD_SIZE", 1)))
+    print(json.dumps(vars(args), indent=2, sort_keys=True, default=str))
 
 
 def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, state: TrainState, hooks) -> None:
@@ -122,7 +138,11 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            logs.append({k: v.detach().float().mean() for k, v in terms.items()} | {"broken_images": batch["broken"].float()})
+            labels = batch["label"]  # the images this process trained on in this micro-step, summed up to a global batch
+            images = torch.tensor(float(len(labels) * args.gradient_accumulation_steps * accelerator.num_processes),
+                                  device=labels.device)
+            logs.append({k: v.detach().float().mean() for k, v in terms.items()}
+                        | {"broken_images": batch["broken"].float(), "images_per_step": images})
             micro_step += 1
             if not accelerator.sync_gradients:
                 continue
@@ -160,13 +180,11 @@ def make_accelerator(args) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
     )
-    per_step = accelerator.num_processes * args.gradient_accumulation_steps
-    if args.train_batch_size % per_step:
-        raise ValueError(
-            f"`train_batch_size`={args.train_batch_size} (global) is not divisible by processes x accumulation "
-            f"= {accelerator.num_processes} x {args.gradient_accumulation_steps}."
-        )
+    resolve_batch(args, accelerator.num_processes)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.is_main_process:
+        logger.info("batch: %d per device x %d accumulation steps x %d processes = %d images per step",
+                    args.train_batch_size, args.gradient_accumulation_steps, args.num_processes, args.global_batch_size)
     set_seed(args.seed, device_specific=False)
     if os.environ.get(PAUSE_AT):  # fault-injection tests: a pause inside accelerate's save_state, its folder made
         accelerator.register_save_state_pre_hook(lambda models, weights, folder: pause_for_fault_test(
@@ -174,21 +192,64 @@ def make_accelerator(args) -> Accelerator:
     return accelerator
 
 
+def resolve_batch(args, num_processes: int) -> None:
+    """Fill in both batch sizes (per device x accumulation x processes = global) and ``num_processes``: from
+    ``--train_batch_size`` (per device) when given, else from ``--global_batch_size``."""
+    accumulation = args.gradient_accumulation_steps
+    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+        raise ValueError(f"`gradient_accumulation_steps` must be an integer >= 1, got {accumulation!r}.")
+    per_step = num_processes * accumulation
+    if args.train_batch_size is not None:
+        if args.train_batch_size < 1:
+            raise ValueError(f"`train_batch_size` (per device) must be >= 1, got {args.train_batch_size}.")
+        args.global_batch_size = args.train_batch_size * per_step
+    elif args.global_batch_size is None or args.global_batch_size < 1:
+        raise ValueError(f"`global_batch_size` must be >= 1, got {args.global_batch_size}.")
+    elif args.global_batch_size % per_step:
+        raise ValueError(
+            f"`global_batch_size`={args.global_batch_size} is not divisible by processes x accumulation "
+            f"= {num_processes} x {accumulation}; change one of them, or give a per-device `--train_batch_size`."
+        )
+    else:
+        args.train_batch_size = args.global_batch_size // per_step
+    args.num_processes = num_processes
+
+
+def check_resumed_batch(args, resume_path) -> None:
+    """A resumed run must keep its global batch (the data order and the step count depend on it)."""
+    saved = Path(args.output_dir) / "run_config.json"
+    if resume_path is None or not saved.is_file():
+        return
+    try:
+        config = json.loads(saved.read_text())
+    except ValueError:
+        return  # an unreadable config is rewritten by this run; the checkpoint itself was validated
+    # before per-device batches existed, `train_batch_size` was the global batch
+    previous = config.get("global_batch_size", config.get("train_batch_size"))
+    if isinstance(previous, int) and previous != args.global_batch_size:
+        raise ValueError(
+            f"resuming with a global batch of {args.global_batch_size} ({args.train_batch_size} per device x "
+            f"{args.gradient_accumulation_steps} accumulation x {args.num_processes} processes), but this run trained "
+            f"with {previous} ({saved}): pass `--global_batch_size {previous}`."
+        )
+
+
 def make_loader(args, accelerator: Accelerator, data) -> torch.utils.data.DataLoader:
-    """Shuffled, drop-last batches of one process's share of the global batch; broken images replaced."""
+    """Shuffled, drop-last batches of ``train_batch_size`` (one process's micro-batch); broken images replaced."""
     from .data import collate_skipping_broken
 
     loader = torch.utils.data.DataLoader(
-        data, batch_size=micro_batch_size(args, accelerator), shuffle=True, drop_last=True,
+        data, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
         num_workers=args.dataloader_num_workers, collate_fn=collate_skipping_broken,
     )
     if len(loader) < accelerator.num_processes * args.gradient_accumulation_steps:
-        raise ValueError(f"data set of {len(data)} images is smaller than one global batch of {args.train_batch_size}.")
+        raise ValueError(f"data set of {len(data)} images is smaller than one global batch of {args.global_batch_size}.")
     return loader
 
 
 def start_run(args, accelerator: Accelerator, resume_path, project: str) -> TrainState:
     """Restore a checkpoint (objects registered beforehand), save the run config and start the trackers."""
+    check_resumed_batch(args, resume_path)
     state = TrainState()
     if resume_path is not None:
         load_checkpoint(accelerator, resume_path, state)
@@ -198,10 +259,6 @@ def start_run(args, accelerator: Accelerator, resume_path, project: str) -> Trai
         write_run_config(args, args.output_dir)
         accelerator.init_trackers(project, config=tracker_config(args))
     return state
-
-
-def micro_batch_size(args, accelerator: Accelerator) -> int:
-    return args.train_batch_size // (accelerator.num_processes * args.gradient_accumulation_steps)
 
 
 def checkpoints(output_dir: str) -> list[Path]:
