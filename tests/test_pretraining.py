@@ -159,6 +159,7 @@ def test_train_checkpoint_and_exact_resume(tmp_path):
         (["--global_batch_size", "15", "--gradient_accumulation_steps", "2"], "is not divisible by processes x accumulation"),
         (["--train_batch_size", "0"], "`train_batch_size` (per device) must be >= 1"),
         (["--train_batch_size", "8", "--global_batch_size", "16"], "give `--train_batch_size` (per device) or"),
+        (["--seed", "-1"], "`--seed` must be >= 0"),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], "is not a complete checkpoint folder"),
     ],
 )

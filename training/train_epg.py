@@ -27,7 +27,8 @@ from epg_diffusers.hub import push_to_hub
 from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import get_preset
 from epg_diffusers.training import runner
-from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas, step_seed
+from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas
+from epg_diffusers.training.seeding import stream_generator
 from epg_diffusers.training.data import SeededImageDataset, clean_view, load_image_dataset
 from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
 from epg_diffusers.training.objectives import LOSS_WEIGHTINGS, consistency_loss, diffusion_loss
@@ -134,7 +135,7 @@ class FineTuneHooks:
     def loss(self, batch, micro_step):
         args, device, x0 = self.args, self.accelerator.device, batch["x0"]
         rank = self.accelerator.process_index
-        generator = torch.Generator(device).manual_seed(step_seed(args.seed, self.state.step, 1 + rank * 1000 + micro_step))
+        generator = stream_generator(args.seed, "noise", device, step=self.state.step, process=rank, micro_step=micro_step)
         sigma = lognormal_sigmas(len(x0), args.p_mean, args.p_std, generator, device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
         drop = torch.rand(len(x0), generator=generator, device=device) < args.label_dropout

@@ -22,11 +22,12 @@ from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import model_from_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import (
-    cosine_tau2, draw_grid_index, interpolated_tau, num_scales, step_generator, step_seed,
+    cosine_tau2, draw_grid_index, interpolated_tau, num_scales,
 )
 from epg_diffusers.training.data import SeededImageDataset, load_image_dataset, rcm_views
 from epg_diffusers.training.objectives import collapse_diagnostic, rcm_pretrain_loss
 from epg_diffusers.training.recipes import RCM_RECIPES
+from epg_diffusers.training.seeding import stream_generator
 
 logger = logging.getLogger("epg_diffusers.training")
 
@@ -108,13 +109,13 @@ class RCMHooks:
     def loss(self, batch, micro_step):
         args, step, device = self.args, self.state.step, self.accelerator.device
         self.num = num_scales(step, args.max_train_steps, args.curriculum_s0, args.curriculum_s1)
-        n = draw_grid_index(self.num, step_generator(args.seed, step))  # same n on every process
+        n = draw_grid_index(self.num, stream_generator(args.seed, "grid_index", step=step))  # same n on every process
         grid = sm.karras_sigmas(self.num) * self.shift
         t0, tn, tn1 = (grid[i].to(device) for i in (-1, n, n + 1))
         tau2 = cosine_tau2(step, args.max_train_steps, args.tau2_start, args.tau2_end)
         self.tau = args.tau1 if args.consistency_tau == "constant" else interpolated_tau(tn / self.shift, args.tau1, tau2)
         rank = self.accelerator.process_index
-        generator = torch.Generator(device).manual_seed(step_seed(args.seed, step, 1 + rank * 1000 + micro_step))
+        generator = stream_generator(args.seed, "noise", device, step=step, process=rank, micro_step=micro_step)
         noise = torch.randn(batch["x0"].shape, generator=generator, device=device)  # one eps per image
         terms = rcm_pretrain_loss(
             self.online, self.target.module, batch["x0"], batch["view1"], batch["view2"], noise, (t0, tn, tn1),

@@ -30,16 +30,6 @@ def interpolated_tau(sigma_unshifted: torch.Tensor, tau1: float, tau2: float) ->
     return tau1 * (1 - u) + tau2 * u
 
 
-def step_seed(seed: int, step: int, stream: int = 0) -> int:
-    """A seed determined by (seed, step, stream): identical on every process and after a resume."""
-    return ((seed * 1_000_003 + step) * 7919 + stream) % 2**63
-
-
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator seeded with :func:`step_seed`."""
-    return torch.Generator().manual_seed(step_seed(seed, step, stream))
-
-
 def draw_grid_index(num: int, generator: torch.Generator) -> int:
     """One index n ~ U{0, ..., N - 2} for the whole global batch (t_n and the cleaner t_{n+1})."""
     return int(torch.randint(0, num - 1, (), generator=generator))

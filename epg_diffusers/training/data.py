@@ -16,6 +16,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Image, load_dataset, load_from_disk
 
 from ..pipelines.labels import IMAGENET_MEAN, IMAGENET_STD_X2
+from .seeding import stream_seed
 
 logger = logging.getLogger(__name__)
 DIGITS = "digits"
@@ -155,7 +156,7 @@ class SeededImageDataset(torch.utils.data.Dataset):
         if image is None:
             return {"valid": False, "label": row["label"]}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index)
+            torch.manual_seed(stream_seed(self.seed, "augmentation", epoch=self.epoch, index=index))
             sample = {name: view(image) for name, view in self.views.items()}
         return {**sample, "label": row["label"], "valid": True}
 

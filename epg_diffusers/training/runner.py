@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
-from .curricula import step_seed
+from .seeding import stream_seed
 
 logger = logging.getLogger("epg_diffusers.training")
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -101,6 +101,8 @@ def resolve_arguments(parser, argv, presets: dict):
             setattr(args, key, value)
     if args.dataset_name is None:
         parser.error("`--dataset_name` is required for this preset")
+    if args.seed < 0:
+        parser.error(f"`--seed` must be >= 0, got {args.seed}")
     return args
 
 
@@ -129,7 +131,8 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
         for batch in batches:
             # dropout and any other global-RNG draw of this micro-step depend on (seed, step, process, micro-step)
             # only, so a resumed run draws exactly what the uninterrupted run drew
-            torch.manual_seed(step_seed(args.seed, state.step, 10_000 + 1000 * accelerator.process_index + micro_step))
+            torch.manual_seed(stream_seed(args.seed, "global_rng", step=state.step,
+                                          process=accelerator.process_index, micro_step=micro_step))
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     terms = hooks.loss(batch, micro_step)
