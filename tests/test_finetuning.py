@@ -138,13 +138,14 @@ def encoder_folder(tmp_path_factory):
     return folder / "encoder"
 
 
-def run_epg(preset, *args, check=True):
+def run_epg(preset, *args, check=True, env=None):
     import subprocess
     import sys
 
     command = [sys.executable, str(ROOT / "training" / "train_epg.py"), "--preset", preset, "--model_config", GENERATOR,
                "--train_batch_size", "16", "--report_to", "none", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=SUBPROCESS_ENV)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            env={**SUBPROCESS_ENV, **(env or {})})
     if check and result.returncode:
         raise AssertionError(result.stderr[-3000:])
     return result
@@ -168,6 +169,23 @@ def test_pretrain_then_finetune_exports_a_pipeline_and_resumes_exactly(encoder_f
     assert out.num_network_evaluations > 62 if mode == "diffusion" else out.num_network_evaluations == 1
     assert (tmp_path / "full" / "pipeline" / "README.md").read_text().count("EPGPipeline.from_pretrained") >= 1
     assert (tmp_path / "full" / "validation" / "step-0000002.png").is_file()
+
+
+def test_validation_grids_reach_every_tracker(encoder_folder, tmp_path):
+    """tensorboard and wandb (offline) both get the validation grid, under --tracker_project_name; a progress bar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    result = run_epg("EPG-tiny/digits-diffusion", "--encoder", str(encoder_folder), "--max_train_steps", "2",
+                     "--validation_steps", "2", "--log_every", "1", "--report_to", "tensorboard, wandb",
+                     "--tracker_project_name", "digits-trackers", "--output_dir", str(run),
+                     env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    assert "steps: 100%" in result.stderr and "2/2" in result.stderr  # tqdm on the main process
+    events = EventAccumulator(str(run / "logs" / "digits-trackers")).Reload()
+    assert "validation" in events.Tags()["images"] and "loss" in events.Tags()["scalars"]
+    (wandb_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert list((wandb_run / "files" / "media" / "images").glob("validation_2_*.png"))
+    assert b"digits-trackers" in next(wandb_run.glob("*.wandb")).read_bytes()
 
 
 def test_finetuning_bad_input(encoder_folder, tmp_path):

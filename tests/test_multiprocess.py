@@ -43,6 +43,7 @@ def test_two_process_training_run_checkpoints_and_exports(tmp_path):
     assert [row["step"] for row in rows] == [1, 2] and all(row["loss"] > 0 for row in rows)
     # --train_batch_size is per device: two processes train on 16 images a step, and the log says so
     assert "batch: 8 per device x 1 accumulation steps x 2 processes = 16 images per step" in result.stderr
+    assert result.stderr.count("images per step") == 1  # accelerate's logger: the main process alone logs
     assert all(row["images_per_step"] == 16 for row in rows)
     config = json.loads((tmp_path / "run_config.json").read_text())
     assert (config["train_batch_size"], config["global_batch_size"], config["num_processes"]) == (8, 16, 2)

@@ -13,11 +13,10 @@ NT-Xent, one-step sampling). ``--encoder`` is a folder saved by train_rcm.py or 
 import argparse
 import copy
 import json
-import logging
 from pathlib import Path
 
-import numpy
 import torch
+from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 
@@ -28,13 +27,13 @@ from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import get_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas
-from epg_diffusers.training.seeding import stream_generator
 from epg_diffusers.training.data import SeededImageDataset, clean_view, load_image_dataset
 from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
 from epg_diffusers.training.objectives import LOSS_WEIGHTINGS, consistency_loss, diffusion_loss
 from epg_diffusers.training.recipes import EPG_RECIPES
+from epg_diffusers.training.seeding import stream_generator
 
-logger = logging.getLogger("epg_diffusers.training")
+logger = get_logger("epg_diffusers.training")  # accelerate's: the main process logs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -170,9 +169,7 @@ class FineTuneHooks:
             folder = Path(self.args.output_dir, "validation")
             folder.mkdir(parents=True, exist_ok=True)
             grid.save(folder / f"step-{self.state.step:07d}.png")
-            for tracker in self.accelerator.trackers:
-                if tracker.name == "tensorboard":
-                    tracker.writer.add_image("validation", numpy.asarray(grid), self.state.step, dataformats="HWC")
+            runner.log_images(self.accelerator, "validation", grid, self.state.step)
 
     def grid_labels(self) -> list[int]:
         return [i % self.config.num_classes for i in range(min(self.config.num_classes, 8) * 2)]

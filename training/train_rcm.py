@@ -8,28 +8,27 @@ Every recipe value is a flag; ``--dry_run`` prints the resolved configuration an
 
 import argparse
 import copy
-import logging
 import math
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from epg_diffusers import RCMEncoderModel, sigmas as sm
+from epg_diffusers import RCMEncoderModel
+from epg_diffusers import sigmas as sm
 from epg_diffusers.hub import push_to_hub
 from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import model_from_preset
 from epg_diffusers.training import runner
-from epg_diffusers.training.curricula import (
-    cosine_tau2, draw_grid_index, interpolated_tau, num_scales,
-)
+from epg_diffusers.training.curricula import cosine_tau2, draw_grid_index, interpolated_tau, num_scales
 from epg_diffusers.training.data import SeededImageDataset, load_image_dataset, rcm_views
 from epg_diffusers.training.objectives import collapse_diagnostic, rcm_pretrain_loss
 from epg_diffusers.training.recipes import RCM_RECIPES
 from epg_diffusers.training.seeding import stream_generator
 
-logger = logging.getLogger("epg_diffusers.training")
+logger = get_logger("epg_diffusers.training")  # accelerate's: the main process logs
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,13 +9,16 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
 
 from .seeding import stream_seed
 
-logger = logging.getLogger("epg_diffusers.training")
+logger = get_logger("epg_diffusers.training")  # accelerate's: only the main process logs (unless told otherwise)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "train_state.json"  # written last: the counters and every file's size; a checkpoint without it is partial
 PAUSE_AT, PAUSE_FILE = "EPG_TEST_PAUSE_AT", "EPG_TEST_PAUSE_FILE"  # fault-injection tests only
@@ -79,7 +82,10 @@ def add_common_arguments(parser, presets: dict):
     add("--max_steps_per_run", type=int, default=None,
         help="stop (after checkpointing) once this invocation has trained this many steps, e.g. to fit a cluster "
              "time limit; continue with --resume_from_checkpoint latest")
-    add("--report_to", default="tensorboard", help="tensorboard, wandb, ... or none")
+    add("--report_to", default="tensorboard",
+        help="trackers, comma-separated (tensorboard, wandb, ...), 'all' (every one installed) or 'none'")
+    add("--tracker_project_name", default=None,
+        help="the trackers' project name (default: rcm for pre-training, epg for fine-tuning)")
     add("--log_every", type=int, default=10)
     add("--push_to_hub", action="store_true")
     add("--hub_model_id", default=None)
@@ -122,6 +128,8 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
     steps_per_epoch = len(loader) // args.gradient_accumulation_steps
     stop_at = min(args.max_train_steps, state.step + (args.max_steps_per_run or args.max_train_steps))
     logs = []
+    progress = tqdm(total=args.max_train_steps, initial=state.step, desc="steps", dynamic_ncols=True,
+                    disable=not accelerator.is_local_main_process)  # one bar, on the main process of each node
     while state.step < stop_at:
         data.set_epoch(state.epoch)
         loader.set_epoch(state.epoch)
@@ -153,6 +161,8 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
             if not accelerator.optimizer_step_was_skipped:
                 hooks.after_step()
             state.step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{terms['loss'].detach().float().mean().item():.4g}", refresh=False)
             if state.step % args.log_every == 0 or state.step == stop_at:
                 hooks.log(batch, logs)
                 logs = []
@@ -163,6 +173,7 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
                 break
         else:
             state.epoch += 1
+    progress.close()
 
 
 def mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict[str, float]:
@@ -178,7 +189,7 @@ def make_accelerator(args) -> Accelerator:
         cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=trackers(args.report_to),
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
@@ -193,6 +204,29 @@ def make_accelerator(args) -> Accelerator:
         accelerator.register_save_state_pre_hook(lambda models, weights, folder: pause_for_fault_test(
             "save-state", int(re.search(r"checkpoint-(\d+)", Path(folder).name).group(1))))
     return accelerator
+
+
+def trackers(report_to: str) -> list[str] | None:
+    """``--report_to`` as accelerate's ``log_with``: None for 'none', else the comma-separated names."""
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"`report_to` names no tracker: {report_to!r} (give e.g. tensorboard, wandb or none).")
+    return None if names == ["none"] else names
+
+
+def log_images(accelerator: Accelerator, key: str, image, step: int) -> None:
+    """Send ``image`` (a PIL image, e.g. a validation grid) to every configured tracker that takes images."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({key: np.asarray(image)[None]}, step=step, dataformats="NHWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({key: [image]}, step=step)
+        elif tracker.name not in _NO_IMAGES:
+            _NO_IMAGES.add(tracker.name)
+            logger.warning("tracker %s takes no images: validation grids are saved as files only", tracker.name)
+
+
+_NO_IMAGES: set[str] = set()
 
 
 def resolve_batch(args, num_processes: int) -> None:
@@ -260,7 +294,7 @@ def start_run(args, accelerator: Accelerator, resume_path, project: str) -> Trai
         if resume_path is not None:
             truncate_metrics(args.output_dir, state.step)
         write_run_config(args, args.output_dir)
-        accelerator.init_trackers(project, config=tracker_config(args))
+        accelerator.init_trackers(args.tracker_project_name or project, config=tracker_config(args))
     return state
 
 
