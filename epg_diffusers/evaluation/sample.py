@@ -66,11 +66,17 @@ def resolved_settings(pipe, num_samples: int, labels: str, seed: int, num_infere
     return {
         "num_samples": num_samples, "labels": labels, "num_classes": pipe.transformer.config.num_classes,
         "seed": seed, "seeds": "image i starts from torch.Generator('cpu').manual_seed(seed + i)",
-        "sampler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config),
+        "sampler": type(pipe.scheduler).__name__, "scheduler_config": public_config(pipe.scheduler.config),
         "num_inference_steps": steps, "num_network_evaluations": evaluations, "guidance_scale": float(scale),
         "guidance_interval": interval, "autoguidance_scale": autoguidance_scale, "resolution": pipe.transformer.config.sample_size,
         "dtype": str(pipe.transformer.dtype).removeprefix("torch."), "save": save,
     }
+
+
+def public_config(config: dict) -> dict:
+    """A config without diffusers' bookkeeping entries (``_use_default_values`` lists names in set order, which
+    differs between processes, so two processes of one run would disagree about their settings)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def prepare_output(output_dir: str, settings: dict, is_main: bool) -> bool:
@@ -84,6 +90,8 @@ def prepare_output(output_dir: str, settings: dict, is_main: bool) -> bool:
     path = Path(output_dir, SETTINGS_JSON)
     if path.is_file():
         previous = json.loads(path.read_text())
+        if isinstance(previous.get("scheduler_config"), dict):  # runs of earlier versions stored the bookkeeping
+            previous["scheduler_config"] = public_config(previous["scheduler_config"])
         changed = {k: (previous.get(k), v) for k, v in settings.items() if k not in RUN_ONLY and previous.get(k) != v
                    and (k in previous or v not in (None, 0))}  # a setting added since that run, left at "off"
         if changed:
