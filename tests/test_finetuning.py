@@ -1,6 +1,7 @@
 """Fine-tuning: objective parity with the reference, encoder initialisation, end-to-end runs and exact resume."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -138,11 +139,11 @@ def encoder_folder(tmp_path_factory):
     return folder / "encoder"
 
 
-def run_epg(preset, *args, check=True, env=None):
+def run_epg(preset, *args, check=True, env=None, launcher=None):
     import subprocess
     import sys
 
-    command = [sys.executable, str(ROOT / "training" / "train_epg.py"), "--preset", preset, "--model_config", GENERATOR,
+    command = [*(launcher or [sys.executable]), str(ROOT / "training" / "train_epg.py"), "--preset", preset, "--model_config", GENERATOR,
                "--train_batch_size", "16", "--report_to", "none", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env={**SUBPROCESS_ENV, **(env or {})})
@@ -169,6 +170,60 @@ def test_pretrain_then_finetune_exports_a_pipeline_and_resumes_exactly(encoder_f
     assert out.num_network_evaluations > 62 if mode == "diffusion" else out.num_network_evaluations == 1
     assert (tmp_path / "full" / "pipeline" / "README.md").read_text().count("EPGPipeline.from_pretrained") >= 1
     assert (tmp_path / "full" / "validation" / "step-0000002.png").is_file()
+    # the EMA survived the resume exactly (saved as checkpoint-<step>/ema by EMAModel.save_pretrained)
+    resumed = EPGPipeline.from_pretrained(tmp_path / "split" / "pipeline")
+    assert all(torch.equal(a, b) for a, b in zip(pipe.transformer.state_dict().values(),
+                                                 resumed.transformer.state_dict().values()))
+    # every checkpoint holds a loadable EMA pipeline: the one of the last equals the final export
+    checkpoint = tmp_path / "full" / "checkpoints" / "checkpoint-4"
+    assert (checkpoint / "ema" / "config.json").is_file() and not (checkpoint / "custom_checkpoint_1.pkl").exists()
+    mid_run = EPGPipeline.from_pretrained(checkpoint / "pipeline")
+    assert all(torch.equal(a, b) for a, b in zip(pipe.transformer.state_dict().values(),
+                                                 mid_run.transformer.state_dict().values()))
+    assert mid_run(class_labels=[1], output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_in_training_evaluation_logs_digits_metrics(encoder_folder, tmp_path):
+    """--eval_every runs epg sample + epg evaluate --small-data digits on the EMA weights; a mid-run pipeline loads."""
+    run = tmp_path / "run"
+    run_epg("EPG-tiny/digits-diffusion", "--encoder", str(encoder_folder), "--max_train_steps", "2",
+            "--checkpointing_steps", "1", "--export_pipeline_every", "2", "--validation_steps", "100",
+            "--eval_every", "2", "--eval_num_samples", "20", "--eval_batch_size", "8", "--offload_ema",
+            "--output_dir", str(run))
+    (row,) = [row for row in metrics(run) if "eval/classifier_accuracy" in row]
+    assert row["step"] == 2 and 0 <= row["eval/classifier_accuracy"] <= 1 and row["eval/frechet_distance"] > 0
+    assert row["eval/num_samples"] == 20
+    scores = json.loads((run / "eval" / "step-0000002" / "metrics.json").read_text())
+    assert scores["classifier_accuracy"] == row["eval/classifier_accuracy"]
+    assert not (run / "eval" / "step-0000002" / "samples.npz").exists()  # metrics kept, samples not (default)
+    settings = json.loads((run / "eval" / "step-0000002" / "settings.json").read_text())
+    assert settings["training_step"] == 2 and settings["status"] == "complete"
+    assert not (run / "checkpoints" / "checkpoint-1" / "pipeline").exists()  # --export_pipeline_every 2
+    assert EPGPipeline.from_pretrained(run / "checkpoints" / "checkpoint-2" / "pipeline").transformer.config.depth == 2
+
+
+def test_checkpoints_of_earlier_versions_resume_with_their_pickled_ema(encoder_folder, tmp_path):
+    """Before the EMA was saved as ema/, accelerate pickled it as custom_checkpoint_1.pkl: such checkpoints resume."""
+    from diffusers.training_utils import EMAModel
+
+    common = ["--encoder", str(encoder_folder), "--max_train_steps", "2", "--checkpointing_steps", "1",
+              "--validation_steps", "100", "--export_pipeline_every", "0"]
+    run_epg("EPG-tiny/digits-diffusion", *common, "--output_dir", str(tmp_path / "full"))
+    run = tmp_path / "old"
+    run_epg("EPG-tiny/digits-diffusion", *common, "--max_steps_per_run", "1", "--output_dir", str(run))
+    checkpoint = run / "checkpoints" / "checkpoint-1"
+    config = EPGTransformer2DModel.load_config(checkpoint / "ema")  # the EMA's settings ride in the model config
+    ema = EMAModel(EPGTransformer2DModel.from_pretrained(checkpoint / "ema").parameters(), decay=config["decay"],
+                   min_decay=config["min_decay"])
+    ema.optimization_step = config["optimization_step"]
+    torch.save(ema.state_dict(), checkpoint / "custom_checkpoint_1.pkl")  # what accelerate wrote for the EMA
+    shutil.rmtree(checkpoint / "ema")
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    del state["files"]  # as earlier versions wrote it
+    (checkpoint / "train_state.json").write_text(json.dumps(state))
+    run_epg("EPG-tiny/digits-diffusion", *common, "--resume_from_checkpoint", "latest", "--output_dir", str(run))
+    full, old = (EPGPipeline.from_pretrained(p / "pipeline").transformer for p in (tmp_path / "full", run))
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), old.state_dict().values()))
 
 
 def test_validation_grids_reach_every_tracker(encoder_folder, tmp_path):

@@ -36,6 +36,26 @@ def test_negatives_span_the_global_batch(reference, tmp_path):
     assert not torch.allclose(torch.tensor(two["loss"]), one - 1.0, atol=0.5)
 
 
+def test_two_process_fine_tuning_evaluates_and_exports(tmp_path):
+    """In-training evaluation samples on both processes (as epg sample does) and the main process scores it; the
+    checkpoint's EMA pipeline is written once."""
+    from epg_diffusers import EPGPipeline
+
+    from .test_finetuning import run_epg
+
+    run_rcm("--max_train_steps", "1", "--output_dir", str(tmp_path / "rcm"))
+    run = tmp_path / "epg"
+    run_epg("EPG-tiny/digits-diffusion", "--encoder", str(tmp_path / "rcm" / "encoder"), "--train_batch_size", "8",
+            "--max_train_steps", "2", "--checkpointing_steps", "2", "--eval_every", "2", "--eval_num_samples", "20",
+            "--eval_batch_size", "4", "--validation_steps", "100", "--output_dir", str(run), launcher=LAUNCH)
+    (row,) = [row for row in metrics(run) if "eval/classifier_accuracy" in row]
+    assert row["step"] == 2 and row["eval/num_samples"] == 20
+    settings = json.loads((run / "eval" / "step-0000002" / "settings.json").read_text())
+    assert settings["num_processes"] == 2 and settings["status"] == "complete"
+    pipe = EPGPipeline.from_pretrained(run / "checkpoints" / "checkpoint-2" / "pipeline")
+    assert pipe(class_labels=[3], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+
+
 def test_two_process_training_run_checkpoints_and_exports(tmp_path):
     result = run_rcm("--max_train_steps", "2", "--checkpointing_steps", "1", "--log_every", "1",
                      "--diagnostic_every", "2", "--train_batch_size", "8", "--output_dir", str(tmp_path), launcher=LAUNCH)

@@ -13,15 +13,18 @@ NT-Xent, one-step sampling). ``--encoder`` is a folder saved by train_rcm.py or 
 import argparse
 import copy
 import json
+import os
 from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
+from diffusers.utils import logging as diffusers_logging
 from diffusers.utils import make_image_grid
 
 from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel
 from epg_diffusers import sigmas as sm
+from epg_diffusers.defaults import quiet_loading
 from epg_diffusers.hub import push_to_hub
 from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import get_preset
@@ -62,11 +65,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--lr_step_milestones", type=json.loads, help="step schedule, e.g. [400000, 500000]")
     add("--lr_step_factors", type=json.loads, help="step schedule, e.g. [0.3, 0.08]")
     add("--validation_steps", type=int, default=1000, help="sample a fixed-seed labelled grid every N steps")
+    add("--export_pipeline_every", type=int, default=None,
+        help="write a loadable EMA pipeline folder into checkpoints whose step is a multiple of N "
+             "(default: every checkpoint; 0: never)")
+    add("--offload_ema", action="store_true", help="keep the EMA weights in CPU memory, moved to the device per update")
+    add("--eval_every", type=int, default=0,
+        help="every N steps sample --eval_num_samples images with the EMA weights on all processes (as epg sample) "
+             "and log their metrics (as epg evaluate): small-data metrics on digits, FID etc. with --eval_ref_npz")
+    add("--eval_num_samples", type=int, default=1000)
+    add("--eval_batch_size", type=int, default=64, help="images per forward and process when evaluating")
+    add("--eval_ref_npz", default=None, help="ADM reference batch for FID / sFID / IS / precision / recall")
+    add("--eval_inception_weights", default=None,
+        help="local Inception weights for --eval_ref_npz (default: the standard download)")
+    add("--eval_keep_samples", action="store_true", help="keep each evaluation's samples.npz (default: metrics only)")
     add("--num_inference_steps", type=int, help="sampling default written to the exported pipeline")
     add("--guidance_scale", type=float, help="sampling default written to the exported pipeline")
     add("--guidance_interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
         help="sampling default written to the exported pipeline: guide while LOW < unshifted sigma <= HIGH")
     args = runner.resolve_arguments(parser, argv, EPG_RECIPES)
+    if args.export_pipeline_every is None:
+        args.export_pipeline_every = args.checkpointing_steps
+    for name in ("export_pipeline_every", "eval_every"):
+        if getattr(args, name) < 0:
+            parser.error(f"`--{name}` must be >= 0 (0: never), got {getattr(args, name)}")
+    for name in ("eval_num_samples", "eval_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}")
+    if args.eval_every and args.eval_ref_npz is None and args.dataset_name != "digits":
+        parser.error("`--eval_every` needs `--eval_ref_npz` (an ADM reference batch) for FID; without one only the "
+                     "digits data set has metrics")
+    if args.eval_ref_npz is not None and not Path(args.eval_ref_npz).is_file():
+        parser.error(f"`--eval_ref_npz` {args.eval_ref_npz!r} is not a file")
     if (args.encoder is None) == (not args.from_scratch):
         parser.error("pass exactly one of `--encoder` (a pre-trained encoder) and `--from_scratch`")
     if args.mode == "consistency" and args.from_scratch and args.perceptual_encoder is None:
@@ -109,12 +138,20 @@ def main(argv=None):
     )
     lr_scheduler = make_lr_scheduler(args, optimizer)
     loader = runner.make_loader(args, accelerator, data)
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, foreach=True)  # constant decay
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, foreach=True,  # constant decay
+                   model_cls=EPGTransformer2DModel, model_config=model.config)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(lr_scheduler, ema)
+    ema_device = torch.device("cpu") if args.offload_ema else accelerator.device
+    ema.to(ema_device)
+    if args.offload_ema and accelerator.device.type == "cuda":
+        ema.pin_memory()
+    # the EMA is saved the diffusers way (checkpoint-<step>/ema, EMAModel.save_pretrained), not in a pickle
+    legacy = resume_path is not None and Path(resume_path, LEGACY_EMA).is_file()
+    accelerator.register_for_checkpointing(lr_scheduler, *([PickledEMA(ema, ema_device)] if legacy else []))
+    accelerator.register_load_state_pre_hook(lambda models, folder: load_ema(ema, folder, ema_device))
     state = runner.start_run(args, accelerator, resume_path, "epg")
     hooks = FineTuneHooks(args, accelerator, model, ema, perceptual, lr_scheduler, state, names)
+    accelerator.register_save_state_pre_hook(hooks.save_checkpoint_extras)
     runner.train_loop(args, accelerator, model, optimizer, loader, data, state, hooks)
     if state.step >= args.max_train_steps:
         export(args, accelerator, hooks, state)
@@ -153,7 +190,11 @@ class FineTuneHooks:
 
     def after_step(self):
         self.lr_scheduler.step()
+        if self.args.offload_ema:  # diffusers' --offload_ema: the EMA visits the device for its update only
+            self.ema.to(self.accelerator.device, non_blocking=True)
         self.ema.step(self.model.parameters())
+        if self.args.offload_ema:
+            self.ema.to("cpu", non_blocking=True)
 
     def log(self, batch, logs):
         metrics = {**runner.mean_logs(self.accelerator, logs), "lr": self.lr_scheduler.get_last_lr()[0],
@@ -170,6 +211,47 @@ class FineTuneHooks:
             folder.mkdir(parents=True, exist_ok=True)
             grid.save(folder / f"step-{self.state.step:07d}.png")
             runner.log_images(self.accelerator, "validation", grid, self.state.step)
+        if self.args.eval_every and self.state.step % self.args.eval_every == 0:
+            self.evaluate()
+
+    def evaluate(self):
+        """``--eval_every``: ``epg sample`` of the EMA pipeline on every process, then ``epg evaluate`` of the set;
+        the metrics go to the trackers, ``metrics.jsonl`` and ``eval/step-<step>/metrics.json``."""
+        from accelerate import PartialState
+
+        from epg_diffusers.evaluation.evaluate import evaluate_samples, evaluate_small_data
+        from epg_diffusers.evaluation.inception import InceptionV3Features
+        from epg_diffusers.evaluation.sample import SAMPLES_NPZ, sample_images
+
+        args, step, accelerator = self.args, self.state.step, self.accelerator
+        folder = Path(args.output_dir, "eval", f"step-{step:07d}")
+        balanced = args.eval_num_samples % self.config.num_classes == 0
+        sample_images(self.pipeline(), str(folder), args.eval_num_samples, labels="balanced" if balanced else "random",
+                      batch_size=args.eval_batch_size, state=PartialState(), extra_settings={"training_step": step})
+        if accelerator.is_main_process:
+            samples = str(folder / SAMPLES_NPZ)
+            if args.eval_ref_npz:
+                extractor = InceptionV3Features(args.eval_inception_weights, device=accelerator.device)
+                scores = evaluate_samples(samples, args.eval_ref_npz, extractor, args.eval_batch_size)
+            else:
+                scores = evaluate_small_data(samples, "digits", self.config.sample_size)
+            metrics = {f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float)) and v is not None}
+            (folder / "metrics.json").write_text(json.dumps(scores, indent=1))
+            if not args.eval_keep_samples:
+                os.remove(samples)
+            accelerator.log(metrics, step=step)
+            runner.append_metrics(args.output_dir, step, metrics)
+        accelerator.wait_for_everyone()
+
+    def save_checkpoint_extras(self, models, weights, folder):
+        """accelerate save-state hook: the EMA the diffusers way (``ema/``) and, when due, a loadable EMA pipeline
+        (``pipeline/``); both land inside the checkpoint, so they are validated and rotated with it."""
+        if not self.accelerator.is_main_process:
+            return
+        self.ema.save_pretrained(os.path.join(folder, "ema"))
+        every = self.args.export_pipeline_every
+        if every and self.state.step % every == 0:
+            write_pipeline(self.args, self, Path(folder, "pipeline"), self.state.step, grid=False)
 
     def grid_labels(self) -> list[int]:
         return [i % self.config.num_classes for i in range(min(self.config.num_classes, 8) * 2)]
@@ -194,19 +276,69 @@ class FineTuneHooks:
         return make_image_grid(images, rows=2, cols=len(labels) // 2 or 1)
 
 
+LEGACY_EMA = "custom_checkpoint_1.pkl"  # where accelerate pickled the EMA before it was saved as ema/
+EMA_SETTINGS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
+
+
+class PickledEMA:
+    """A run resumed from a checkpoint of an earlier version, whose EMA accelerate pickled as its second registered
+    object, registers this in its place: accelerate then finds the object count it saved and loads the EMA."""
+
+    def __init__(self, ema: EMAModel, device):
+        self.ema, self.device = ema, device
+
+    def state_dict(self) -> dict:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state)
+        self.ema.to(self.device)
+
+
+def load_ema(ema: EMAModel, folder, device) -> None:
+    """accelerate load-state hook: the EMA of a checkpoint from its ``ema/`` folder, written by
+    ``EMAModel.save_pretrained`` (the model's weights, the EMA's settings in its config). A checkpoint of an
+    earlier version has a pickle instead, which :class:`PickledEMA` loads."""
+    path = Path(folder, "ema")
+    if not path.is_dir():
+        if not Path(folder, LEGACY_EMA).is_file():
+            raise ValueError(f"{folder} holds no EMA weights (no ema/ folder and no {LEGACY_EMA}).")
+        return
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the config also holds the EMA's settings, unknown to the model
+    try:
+        with quiet_loading():
+            saved = EPGTransformer2DModel.from_pretrained(path)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    shadow = [p.detach() for p in saved.parameters()]
+    if [p.shape for p in shadow] != [p.shape for p in ema.shadow_params]:
+        raise ValueError(f"{path} holds weights of another architecture than this run's model.")
+    config = EPGTransformer2DModel.load_config(path)
+    ema.load_state_dict({**{k: config[k] for k in EMA_SETTINGS if k in config}, "shadow_params": shadow})
+    ema.to(device)
+
+
+def write_pipeline(args, hooks: FineTuneHooks, folder: Path, step: int, grid: bool = True) -> None:
+    """An EMA pipeline folder (weights, sampler and its defaults, id2label) with a model card (and a sample grid)."""
+    pipe = hooks.pipeline()
+    pipe.save_pretrained(folder)
+    description = training_section(f"fine-tuned ({args.mode})", args, step)
+    if grid:
+        hooks.sample_grid(pipe).save(folder / "samples.png")
+        description += "\n![samples](samples.png)\n"
+    datasets = [hub_repo_id(args.dataset_name)] if hub_repo_id(args.dataset_name) else None
+    model_card(folder, str(folder), description, datasets=datasets,
+               base_model=hub_repo_id(args.encoder)).save(folder / "README.md")
+
+
 def export(args, accelerator, hooks: FineTuneHooks, state):
-    """The final pipeline folder (EMA weights, sampler and its defaults, id2label) with a model card and a grid."""
+    """The final pipeline folder, ``<output_dir>/pipeline``, with a model card and a grid; optionally pushed."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     folder = Path(args.output_dir, "pipeline")
-    pipe = hooks.pipeline()
-    pipe.save_pretrained(folder)
-    hooks.sample_grid(pipe).save(folder / "samples.png")
-    description = training_section(f"fine-tuned ({args.mode})", args, state.step) + "\n![samples](samples.png)\n"
-    datasets = [hub_repo_id(args.dataset_name)] if hub_repo_id(args.dataset_name) else None
-    model_card(folder, str(folder), description, datasets=datasets,
-               base_model=hub_repo_id(args.encoder)).save(folder / "README.md")
+    write_pipeline(args, hooks, folder, state.step)
     if args.push_to_hub:
         push_to_hub(str(folder), args.hub_model_id or Path(args.output_dir).name)
 
