@@ -180,16 +180,22 @@ def test_reference_statistics_are_used_as_adm_does(tmp_path):
         evaluate_samples(str(tmp_path / "s.npz"), stats_only, FakeExtractor(dims=(4, 6, 5)))
 
 
-def test_inception_wrapper_returns_adm_features(tmp_path):
-    """torch-fidelity's network with random weights (the real ones cannot be downloaded here): the wrapper's
-    feature shapes are ADM's: pool_3 2048, mixed_6/conv 17 x 17 x 7 = 2023, 1008 logits."""
+def random_inception_weights(path) -> str:
+    """torch-fidelity's Inception network with random weights, saved where a weights file would be (the real
+    weights cannot be downloaded here)."""
     from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
     with mock.patch.object(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None), \
             mock.patch.object(tf_inception, "load_state_dict_from_url", return_value={}):
         random_weights = tf_inception.FeatureExtractorInceptionV3("x", ["2048"]).state_dict()
-    torch.save(random_weights, tmp_path / "inception.pth")
-    extractor = InceptionV3Features(str(tmp_path / "inception.pth"))
+    torch.save(random_weights, path)
+    return str(path)
+
+
+def test_inception_wrapper_returns_adm_features(tmp_path):
+    """torch-fidelity's network with random weights: the wrapper's feature shapes are ADM's: pool_3 2048,
+    mixed_6/conv 17 x 17 x 7 = 2023, 1008 logits."""
+    extractor = InceptionV3Features(random_inception_weights(tmp_path / "inception.pth"))
     out = extractor(torch.from_numpy(random_images(2)).permute(0, 3, 1, 2))
     assert out["pool"].shape == (2, 2048) and out["spatial"].shape == (2, 2023) and out["logits"].shape == (2, 1008)
     with pytest.raises(ValueError, match="`inception_weights`"):

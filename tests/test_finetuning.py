@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,6 +203,25 @@ def test_in_training_evaluation_logs_digits_metrics(encoder_folder, tmp_path):
     assert EPGPipeline.from_pretrained(run / "checkpoints" / "checkpoint-2" / "pipeline").transformer.config.depth == 2
 
 
+def test_in_training_evaluation_with_a_reference_batch_gives_adm_metrics(encoder_folder, tmp_path):
+    """--eval_ref_npz (+ --eval_inception_weights): FID, sFID, IS, precision and recall, as epg evaluate computes
+    them (Inception with random weights here: the metrics are real computations, not comparable numbers)."""
+    from .test_evaluation import random_images, random_inception_weights, save_npz
+
+    reference = save_npz(tmp_path / "ref.npz", random_images(12))
+    weights = random_inception_weights(tmp_path / "inception.pth")
+    run = tmp_path / "run"
+    run_epg("EPG-tiny/digits-diffusion", "--encoder", str(encoder_folder), "--max_train_steps", "1",
+            "--eval_every", "1", "--eval_num_samples", "10", "--eval_batch_size", "10", "--eval_ref_npz", reference,
+            "--eval_inception_weights", weights, "--validation_steps", "100", "--export_pipeline_every", "0",
+            "--output_dir", str(run))
+    (row,) = [row for row in metrics(run) if "eval/fid" in row]
+    for name in ("fid", "sfid", "inception_score", "precision", "recall"):
+        assert np.isfinite(row[f"eval/{name}"]), name
+    assert row["eval/num_samples"] == 10 and row["eval/num_reference"] == 12
+    assert not (run / "checkpoints" / "checkpoint-1" / "pipeline").exists()  # --export_pipeline_every 0
+
+
 def test_checkpoints_of_earlier_versions_resume_with_their_pickled_ema(encoder_folder, tmp_path):
     """Before the EMA was saved as ema/, accelerate pickled it as custom_checkpoint_1.pkl: such checkpoints resume."""
     from diffusers.training_utils import EMAModel
@@ -266,7 +286,6 @@ def test_a_generator_folder_is_refused_as_encoder(mode, tmp_path):
 
 
 def test_digits_recipes_do_not_mirror_the_training_images():
-    import numpy as np
     import PIL.Image
 
     from epg_diffusers.training.data import clean_view
