@@ -11,14 +11,20 @@ import PIL.Image
 import pytest
 import torch
 from datasets import Dataset, Features, Image
+from safetensors.torch import load_file
 
 from epg_diffusers import RCMEncoderModel
 from epg_diffusers import sigmas as sm
 from epg_diffusers.training.curricula import cosine_tau2, interpolated_tau, num_scales
 from epg_diffusers.training.data import (
-    SeededImageDataset, adm_center_crop, collate_skipping_broken, load_image_dataset, preprocess, rcm_views,
+    SeededImageDataset,
+    adm_center_crop,
+    collate_skipping_broken,
+    load_image_dataset,
+    preprocess,
+    rcm_views,
 )
-from epg_diffusers.training.objectives import network_inputs, nt_xent, rcm_pretrain_loss
+from epg_diffusers.training.objectives import collapse_diagnostic, network_inputs, nt_xent, rcm_pretrain_loss
 
 ROOT = Path(__file__).parent.parent
 # one OpenMP thread per training process: on 2 shared cores, spinning thread pools slow tiny models 10x
@@ -217,3 +223,33 @@ def test_resume_keeps_the_global_batch(tmp_path):
     run_rcm("--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--output_dir", str(tmp_path),
             "--global_batch_size", "16")
     assert [row["step"] for row in metrics(tmp_path)] == [1, 2]
+
+
+@pytest.mark.parametrize("statistics", ["initial", "online"])
+def test_momentum_encoder_batchnorm_statistics(tmp_path, statistics):
+    """``initial``: the momentum encoder normalises with mean 0 / var 1 forever (the reference); ``online``: with the
+    online encoder's running statistics, copied after every update."""
+    run_rcm("--max_train_steps", "2", "--checkpointing_steps", "2", "--momentum_bn_statistics", statistics,
+            "--output_dir", str(tmp_path))
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
+    target = torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=False)  # [lr_scheduler, target]
+    online = load_file(checkpoint / "model.safetensors")
+    names = [k for k in online if "running_" in k]
+    assert len(names) == 4
+    for name in names:
+        if statistics == "initial":
+            expected = torch.zeros_like(online[name]) if "mean" in name else torch.ones_like(online[name])
+        else:
+            expected = online[name]
+            assert not torch.equal(expected, torch.zeros_like(expected) if "mean" in name else torch.ones_like(expected))
+        assert torch.equal(target[f"module.{name}"], expected), name
+
+
+def test_collapse_diagnostic_leaves_the_training_state_alone():
+    encoder = RCMEncoderModel.from_config(json.loads(TINY_ENCODER)).train()
+    x0 = torch.randn(8, 3, 16, 16)
+    encoder(*network_inputs(x0, torch.full((8,), 1.0)))  # running statistics away from their initial values
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    stds = collapse_diagnostic(encoder, x0, shift=1.0)
+    assert set(stds) == {0.002, 0.1, 1.0, 10.0, 80.0} and encoder.training
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())

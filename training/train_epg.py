@@ -30,7 +30,7 @@ from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import get_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas
-from epg_diffusers.training.data import SeededImageDataset, clean_view, load_image_dataset
+from epg_diffusers.training.data import clean_view
 from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
 from epg_diffusers.training.objectives import LOSS_WEIGHTINGS, consistency_loss, diffusion_loss
 from epg_diffusers.training.recipes import EPG_RECIPES
@@ -118,8 +118,8 @@ def main(argv=None):
     resume_path = runner.resolve_resume(args.resume_from_checkpoint, args.output_dir)
     config = generator_config(args)
     resolution = config["sample_size"]
-    dataset = load_image_dataset(args.dataset_name, args.dataset_split, args.image_column, args.label_column, resolution)
-    names = getattr(dataset.features["label"], "names", None)  # class names when the labels are a ClassLabel
+    # the data, and its class names when the labels are a ClassLabel
+    data, names = runner.training_data(args, accelerator, {"x0": clean_view(resolution, args.random_flip)}, resolution)
     model = EPGTransformer2DModel(**{**config, "num_classes": len(names) if names else config.get("num_classes", 1000)})
     perceptual = None
     if not args.from_scratch:
@@ -131,7 +131,6 @@ def main(argv=None):
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
-    data = SeededImageDataset(dataset, {"x0": clean_view(resolution, args.random_flip)}, args.seed)
     optimizer = torch.optim.AdamW(
         param_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
         betas=(args.adam_beta1, args.adam_beta2),
@@ -140,7 +139,7 @@ def main(argv=None):
     loader = runner.make_loader(args, accelerator, data)
     ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, foreach=True,  # constant decay
                    model_cls=EPGTransformer2DModel, model_config=model.config)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer, loader = runner.prepare(accelerator, model, optimizer, loader)
     ema_device = torch.device("cpu") if args.offload_ema else accelerator.device
     ema.to(ema_device)
     if args.offload_ema and accelerator.device.type == "cuda":

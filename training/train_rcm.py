@@ -23,7 +23,7 @@ from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import model_from_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import cosine_tau2, draw_grid_index, interpolated_tau, num_scales
-from epg_diffusers.training.data import SeededImageDataset, load_image_dataset, rcm_views
+from epg_diffusers.training.data import rcm_views
 from epg_diffusers.training.objectives import collapse_diagnostic, rcm_pretrain_loss
 from epg_diffusers.training.recipes import RCM_RECIPES
 from epg_diffusers.training.seeding import stream_generator
@@ -35,6 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     runner.add_common_arguments(parser, RCM_RECIPES)
     parser.add_argument("--momentum", type=float, help="momentum-encoder EMA rate")
+    parser.add_argument("--momentum_bn_statistics", choices=["initial", "online"],
+                        help="BatchNorm running statistics of the momentum encoder (eval mode): 'initial' keeps its "
+                             "initial mean 0 / var 1, as the reference does (paper recipes); 'online' copies the online "
+                             "encoder's after every update (the digits recipe)")
     parser.add_argument("--contrastive_tau", type=float)
     parser.add_argument("--consistency_tau", choices=["interpolated", "constant"], help="paper tau(sigma) or reference 0.1")
     parser.add_argument("--tau1", type=float)
@@ -63,10 +67,7 @@ def main(argv=None):
     resume_path = runner.resolve_resume(args.resume_from_checkpoint, args.output_dir)
     online = build_encoder(args).train()
     resolution = online.config.sample_size
-    data = SeededImageDataset(
-        load_image_dataset(args.dataset_name, args.dataset_split, args.image_column, args.label_column, resolution),
-        rcm_views(resolution), args.seed,
-    )
+    data, _ = runner.training_data(args, accelerator, rcm_views(resolution), resolution)
     if args.gradient_checkpointing:
         online.enable_gradient_checkpointing()
     if accelerator.num_processes > 1:
@@ -74,10 +75,11 @@ def main(argv=None):
             logger.warning("CPU run: projector BatchNorm statistics are per process (no SyncBatchNorm on CPU)")
         else:
             online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)
-    # Momentum encoder: EMA of the parameters only; like the reference it stays in eval mode with its
-    # initial BatchNorm statistics.
+    # Momentum encoder: EMA of the parameters only, in eval mode; its BatchNorm statistics per
+    # --momentum_bn_statistics (AveragedModel with use_buffers=False copies the online ones at every update)
     target = AveragedModel(copy.deepcopy(online), multi_avg_fn=get_ema_multi_avg_fn(args.momentum), use_buffers=False)
     target.eval().requires_grad_(False)
+    initial_buffers = [b.detach().clone() for b in target.module.buffers()]  # before a checkpoint is loaded
     optimizer = torch.optim.AdamW(
         online.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay
     )
@@ -85,11 +87,11 @@ def main(argv=None):
         args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
     )
     loader = runner.make_loader(args, accelerator, data)
-    online, optimizer, loader = accelerator.prepare(online, optimizer, loader)
+    online, optimizer, loader = runner.prepare(accelerator, online, optimizer, loader)
     target.to(accelerator.device)
     accelerator.register_for_checkpointing(lr_scheduler, target)
     state = runner.start_run(args, accelerator, resume_path, "rcm")
-    hooks = RCMHooks(args, accelerator, online, target, lr_scheduler, state)
+    hooks = RCMHooks(args, accelerator, online, target, lr_scheduler, state, initial_buffers)
     runner.train_loop(args, accelerator, online, optimizer, loader, data, state, hooks)
     if state.step >= args.max_train_steps:
         export(args, accelerator, online, state)
@@ -99,8 +101,9 @@ def main(argv=None):
 class RCMHooks:
     """The pre-training step: curriculum, shared noise, loss terms, momentum update and logging."""
 
-    def __init__(self, args, accelerator, online, target, lr_scheduler, state):
+    def __init__(self, args, accelerator, online, target, lr_scheduler, state, initial_buffers):
         self.args, self.accelerator, self.online, self.target = args, accelerator, online, target
+        self.initial_buffers = [b.to(accelerator.device) for b in initial_buffers]
         self.lr_scheduler, self.state = lr_scheduler, state
         self.shift = sm.resolution_shift(accelerator.unwrap_model(online).config.sample_size)
         self.throughput = runner.Throughput()
@@ -127,7 +130,16 @@ class RCMHooks:
 
     def after_step(self):
         self.lr_scheduler.step()
-        self.target.update_parameters(self.accelerator.unwrap_model(self.online))
+        self.target.update_parameters(self.accelerator.unwrap_model(self.online))  # also copies the online buffers
+        buffers = list(self.target.module.buffers())
+        if self.args.momentum_bn_statistics == "initial":  # the reference: mean 0 / var 1 forever
+            for buffer, initial in zip(buffers, self.initial_buffers):
+                buffer.copy_(initial)
+        elif torch.distributed.is_initialized():
+            # without SyncBatchNorm (CPU) the online statistics differ between processes; process 0's are the ones
+            # a checkpoint keeps, so every process uses them and a resumed run normalises exactly as before
+            for buffer in buffers:
+                torch.distributed.broadcast(buffer, src=0)
 
     def log(self, batch, logs):
         accelerator, args = self.accelerator, self.args

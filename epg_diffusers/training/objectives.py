@@ -64,14 +64,20 @@ def collapse_diagnostic(encoder, x0: torch.Tensor, shift: float, sigmas=(0.002, 
     """Paper Appendix E: mean per-channel std of L2-normalised features at several (unshifted) sigmas.
 
     About 1/sqrt(D) for healthy, spread-out features; near 0 when every image maps to the same feature.
-    The inputs are noised with a fixed seed so the value is comparable across steps.
+    The inputs are noised with a fixed seed so the value is comparable across steps. The encoder runs in eval mode
+    (no dropout; its projector's BatchNorm running statistics, which training uses, are left as they were).
     """
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0)
     result = {}
-    for sigma in sigmas:
-        sigma_shifted = torch.tensor(sigma * shift, device=x0.device)
-        features = encoder(*network_inputs(x0 + noise * sigma_shifted, sigma_shifted), return_dict=False)[1]
-        result[sigma] = F.normalize(features.float(), dim=-1).std(dim=0).mean().item()
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        for sigma in sigmas:
+            sigma_shifted = torch.tensor(sigma * shift, device=x0.device)
+            features = encoder(*network_inputs(x0 + noise * sigma_shifted, sigma_shifted), return_dict=False)[1]
+            result[sigma] = F.normalize(features.float(), dim=-1).std(dim=0).mean().item()
+    finally:
+        encoder.train(was_training)
     return result
 
 

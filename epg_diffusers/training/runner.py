@@ -1,5 +1,6 @@
 """Infrastructure every training script shares: accelerator, checks, checkpoints, resume, logging, export."""
 
+import itertools
 import json
 import logging
 import os
@@ -13,10 +14,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, send_to_device, set_seed
 from tqdm.auto import tqdm
 
 from .seeding import stream_seed
+from .streaming import StreamingImages, as_is, is_end
 
 logger = get_logger("epg_diffusers.training")  # accelerate's: only the main process logs (unless told otherwise)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -34,16 +36,17 @@ def pause_for_fault_test(point: str, step: int) -> None:
 
 
 class TrainState:
-    """Step and epoch counters, saved with every checkpoint (``register_for_checkpointing``)."""
+    """Step and epoch counters (and the steps done in the current epoch), saved with every checkpoint."""
 
     def __init__(self):
-        self.step, self.epoch = 0, 0
+        self.step, self.epoch, self.epoch_step = 0, 0, 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch}
+        return {"step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step}
 
     def load_state_dict(self, state: dict):
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.epoch_step = int(state.get("epoch_step", 0))  # checkpoints of earlier versions: map-style data only
 
 
 def add_common_arguments(parser, presets: dict):
@@ -52,6 +55,10 @@ def add_common_arguments(parser, presets: dict):
     add("--preset", required=True, help=f"recipe: {', '.join(presets)}")
     add("--dataset_name", default=None, help="Hub id, save_to_disk / imagefolder dir, or 'digits'")
     add("--dataset_split", default="train")
+    add("--streaming", action="store_true",
+        help="stream --dataset_name (a Hub data set, parquet / arrow shards, ...) instead of loading it whole; "
+             "decoded and augmented on the fly, split among processes, resumed exactly")
+    add("--shuffle_buffer_size", type=int, default=10_000, help="--streaming: examples in the shuffle buffer")
     add("--image_column", default="image")
     add("--label_column", default="label")
     add("--model_config", type=json.loads, default={}, help="JSON overrides of the model config")
@@ -125,16 +132,21 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
     ``hooks.after_step()`` after each optimiser step (schedules, EMA), ``hooks.log(batch, logs)`` every
     ``log_every`` steps, and optionally ``hooks.every_step()`` (validation) after the step counter moves.
     """
-    steps_per_epoch = len(loader) // args.gradient_accumulation_steps
+    streaming = is_streaming(data)
+    steps_per_epoch = None if streaming else len(loader) // args.gradient_accumulation_steps
     stop_at = min(args.max_train_steps, state.step + (args.max_steps_per_run or args.max_train_steps))
     logs = []
     progress = tqdm(total=args.max_train_steps, initial=state.step, desc="steps", dynamic_ncols=True,
                     disable=not accelerator.is_local_main_process)  # one bar, on the main process of each node
     while state.step < stop_at:
-        data.set_epoch(state.epoch)
-        loader.set_epoch(state.epoch)
-        done = state.step - state.epoch * steps_per_epoch
-        batches = accelerator.skip_first_batches(loader, done * args.gradient_accumulation_steps) if done else loader
+        if streaming:  # the epoch's stream, after the micro-batches a resumed run had trained on
+            data.resume_epoch(state.epoch, state.epoch_step * args.gradient_accumulation_steps)
+            batches = full_steps(loader, args.gradient_accumulation_steps, accelerator)
+        else:
+            data.set_epoch(state.epoch)
+            loader.set_epoch(state.epoch)
+            done = state.step - state.epoch * steps_per_epoch
+            batches = accelerator.skip_first_batches(loader, done * args.gradient_accumulation_steps) if done else loader
         micro_step = 0  # index of the micro-batch within the current optimisation step
         for batch in batches:
             # dropout and any other global-RNG draw of this micro-step depend on (seed, step, process, micro-step)
@@ -161,6 +173,7 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
             if not accelerator.optimizer_step_was_skipped:
                 hooks.after_step()
             state.step += 1
+            state.epoch_step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{terms['loss'].detach().float().mean().item():.4g}", refresh=False)
             if state.step % args.log_every == 0 or state.step == stop_at:
@@ -172,8 +185,46 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
             if state.step >= stop_at:
                 break
         else:
-            state.epoch += 1
+            if state.epoch_step == 0:
+                raise ValueError(f"epoch {state.epoch} of the data set gave no complete step of "
+                                 f"{args.global_batch_size} images: it is smaller than one global batch.")
+            state.epoch, state.epoch_step = state.epoch + 1, 0
     progress.close()
+
+
+def full_steps(loader, accumulation: int, accelerator: Accelerator):
+    """A streamed epoch's micro-batches, one optimisation step at a time, up to the first step that a process
+    cannot fill (its workers' streams differ in length): every process stops there (one all-reduce per step)."""
+    batches = iter(loader)
+    while True:
+        group = list(itertools.islice(batches, accumulation))
+        complete = len(group) == accumulation and not any(is_end(batch) for batch in group)
+        if accelerator.gather(torch.tensor([int(complete)], device=accelerator.device)).min().item() == 0:
+            return
+        for batch in group:
+            yield send_to_device(batch, accelerator.device)
+
+
+def is_streaming(data) -> bool:
+    return isinstance(data, StreamingImages)
+
+
+def training_data(args, accelerator: Accelerator, views: dict, resolution: int):
+    """(the data set to train on, the class names or None): map-style ``SeededImageDataset`` of the whole data set,
+    or with ``--streaming`` this process's :class:`~epg_diffusers.training.streaming.StreamingImages`."""
+    from .data import SeededImageDataset, load_image_dataset
+    from .streaming import class_names, load_streaming_dataset
+
+    columns = (args.dataset_name, args.dataset_split, args.image_column, args.label_column, resolution)
+    if not args.streaming:
+        dataset = load_image_dataset(*columns)
+        return SeededImageDataset(dataset, views, args.seed), getattr(dataset.features["label"], "names", None)
+    if args.shuffle_buffer_size < 1:
+        raise ValueError(f"`shuffle_buffer_size` must be >= 1, got {args.shuffle_buffer_size}.")
+    dataset = load_streaming_dataset(*columns)
+    data = StreamingImages(dataset, views, args.seed, args.train_batch_size, accelerator.process_index,
+                           accelerator.num_processes, args.shuffle_buffer_size)
+    return data, class_names(dataset)
 
 
 def mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict[str, float]:
@@ -269,12 +320,26 @@ def check_resumed_batch(args, resume_path) -> None:
             f"{args.gradient_accumulation_steps} accumulation x {args.num_processes} processes), but this run trained "
             f"with {previous} ({saved}): pass `--global_batch_size {previous}`."
         )
+    if args.streaming:  # the stream's order within an epoch depends on its layout (streaming.py, exact resume)
+        layout = ("num_processes", "train_batch_size", "dataloader_num_workers", "shuffle_buffer_size", "streaming")
+        changed = [f"{k} {config.get(k)} -> {getattr(args, k)}" for k in layout if config.get(k) != getattr(args, k)]
+        if changed:
+            logger.warning("resuming a streamed epoch with another layout (%s): the rest of this epoch is read in "
+                           "another order, and some of its examples may be read twice or not at all; the next "
+                           "epochs are complete", ", ".join(changed))
 
 
 def make_loader(args, accelerator: Accelerator, data) -> torch.utils.data.DataLoader:
     """Shuffled, drop-last batches of ``train_batch_size`` (one process's micro-batch); broken images replaced."""
     from .data import collate_skipping_broken
 
+    if is_streaming(data):  # batches come collated from the workers; the stream is this process's already
+        workers = min(args.dataloader_num_workers, data.n_shards)
+        if workers < args.dataloader_num_workers:
+            logger.warning("streaming: %d DataLoader workers for %d shards per process (a worker reads whole shards)",
+                           workers, data.n_shards)
+        return torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, collate_fn=as_is,
+                                           pin_memory=accelerator.device.type == "cuda")
     loader = torch.utils.data.DataLoader(
         data, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
         num_workers=args.dataloader_num_workers, collate_fn=collate_skipping_broken,
@@ -282,6 +347,14 @@ def make_loader(args, accelerator: Accelerator, data) -> torch.utils.data.DataLo
     if len(loader) < accelerator.num_processes * args.gradient_accumulation_steps:
         raise ValueError(f"data set of {len(data)} images is smaller than one global batch of {args.global_batch_size}.")
     return loader
+
+
+def prepare(accelerator: Accelerator, model, optimizer, loader):
+    """``accelerator.prepare`` of the model, optimiser and (map-style) loader; a streaming loader stays as it is
+    (its data set is split among the processes already, and ``train_loop`` moves its batches to the device)."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return (*accelerator.prepare(model, optimizer), loader)
+    return accelerator.prepare(model, optimizer, loader)
 
 
 def start_run(args, accelerator: Accelerator, resume_path, project: str) -> TrainState:
