@@ -41,7 +41,7 @@ def describe(folder: str | os.PathLike) -> dict:
     names = {int(k): v for k, v in (index.get("id2label") or {}).items()}
     ids = [207, 1] if model["num_classes"] == 1000 else list(range(min(model["num_classes"], 2)))
     example = ids[:1] + [names[i].split(",")[0] if i in names else i for i in ids[1:]]  # an id and a name
-    kind = "consistency" if scheduler.config.prediction_type == "boundary_condition" else "diffusion"
+    kind = "consistency" if scheduler.config.prediction_type != "sample" else "diffusion"  # boundary condition
     return dict(kind=kind, model=model,
                 scheduler=scheduler_class.__name__, steps=steps, guidance_scale=scale, guidance_interval=interval,
                 evaluations=scheduler.network_evaluations(scale, interval), example=example)

@@ -10,7 +10,7 @@ import torch
 from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel, RCMEncoderModel
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage
 from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
-from epg_diffusers.training.objectives import consistency_loss, diffusion_loss
+from epg_diffusers.training.objectives import consistency_loss, diffusion_loss, network_inputs
 
 from .conftest import TINY
 from .test_pretraining import ROOT, SUBPROCESS_ENV, metrics, run_rcm
@@ -300,3 +300,57 @@ def test_digits_recipes_do_not_mirror_the_training_images():
             found.append(clean_view(16, random_flip=flip)(image))
     assert all(torch.equal(view, views[False][0]) for view in views[False])
     assert any(not torch.equal(view, views[True][0]) for view in views[True])  # some seeds mirror it
+
+
+def test_consistency_from_a_diffusion_pipeline_starts_as_its_denoiser(tmp_path):
+    """--init_from_pipeline: the whole generator is the diffusion pipeline's, and under the x-prediction boundary
+    condition the consistency model's D is the diffusion model's x0 away from sigma_min (ECT's initialisation)."""
+    from epg_diffusers import sigmas as sm
+    from epg_diffusers.training.objectives import consistency_denoise
+
+    from .conftest import tiny_pipeline
+
+    source = tiny_pipeline()
+    source.save_pretrained(tmp_path / "diffusion")
+    # learning rate 0: one step leaves the weights as loaded, so the export shows the initialisation
+    run_epg("EPG-tiny/digits-consistency", "--init_from_pipeline", str(tmp_path / "diffusion"), "--aux_weight", "0",
+            "--learning_rate", "0", "--max_train_steps", "1", "--output_dir", str(tmp_path / "cm"))
+    pipe = EPGPipeline.from_pretrained(tmp_path / "cm" / "pipeline")
+    assert type(pipe.scheduler) is EPGConsistencyScheduler
+    assert pipe.scheduler.config.prediction_type == "sample_boundary_condition"
+    assert all(torch.equal(a, b) for a, b in zip(source.transformer.state_dict().values(),
+                                                 pipe.transformer.state_dict().values()))
+    assert pipe(class_labels=[3], output_type="np").images.shape == (1, 16, 16, 3)
+    config = json.loads((tmp_path / "cm" / "run_config.json").read_text())
+    assert config["prediction_type"] == "sample_boundary_condition" and config["init_from_pipeline"]
+
+    shift, model = sm.resolution_shift(16), source.transformer.eval()
+    x0, noise, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        for sigma in (0.05, 1.0, 80.0):  # unshifted; >= 11 sigma_min: within 1% of the diffusion model's x0
+            s = torch.full((4,), sigma * shift)
+            x = x0 + noise * sigma * shift
+            f = model(*network_inputs(x, s), labels, return_dict=False)[0]
+            d = consistency_denoise(model, x, s, labels, shift, "sample_boundary_condition")
+            assert torch.allclose(d, f, atol=0.01 * (x - f).abs().max().item() + 1e-6)
+        s = torch.full((4,), sm.SIGMA_MIN * shift)  # the boundary condition: D(x, sigma_min) = x exactly
+        x = x0 + noise * s[0]
+        assert torch.equal(consistency_denoise(model, x, s, labels, shift, "sample_boundary_condition"), x)
+
+
+def test_init_from_pipeline_bad_input(encoder_folder, tmp_path):
+    from .conftest import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "diffusion")
+    cases = [
+        (["--init_from_pipeline", str(encoder_folder), "--aux_weight", "0"], "is not a pipeline folder (no model_index.json)"),
+        (["--init_from_pipeline", str(tmp_path / "diffusion"), "--encoder", str(encoder_folder)],
+         "exactly one of `--encoder`"),
+        (["--init_from_pipeline", str(tmp_path / "diffusion")], "needs `--perceptual_encoder`"),
+        (["--init_from_pipeline", str(tmp_path / "diffusion"), "--aux_weight", "0", "--model_config",
+          json.dumps({**json.loads(GENERATOR), "decoder_embed_dim": 32})], "does not fit the generator built with"),
+    ]
+    for args, message in cases:
+        result = run_epg("EPG-tiny/digits-consistency", *args, "--output_dir", str(tmp_path / "out"),
+                         "--max_train_steps", "1", check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

@@ -122,3 +122,15 @@ def test_scheduler_bad_input(make, call, message):
     with pytest.raises(ValueError, match=message):
         scheduler = make()
         call(scheduler)
+
+
+def test_sample_boundary_condition_scalings():
+    """x-prediction under the consistency boundary condition: D(x, sigma_min) = x, D = F within 1% from 11 sigma_min."""
+    sigma_min = 0.002 * 0.25
+    c_skip, c_out = sm.sample_boundary_scalings(torch.tensor([sigma_min, 11 * sigma_min, 20.0]), sigma_min)
+    assert torch.allclose(c_skip + c_out, torch.ones(3)) and c_skip[0] == 1 and c_out[1] > 0.99 and c_out[2] > 0.999999
+    x, f = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    d = sm.denoised_from_output(f, x, torch.tensor([sigma_min, 20.0]), "sample_boundary_condition", sigma_min)
+    assert torch.equal(d[0], x[0]) and torch.allclose(d[1], f[1], atol=1e-5)
+    with pytest.raises(ValueError, match="`prediction_type` must be one of"):
+        sm.denoised_from_output(f, x, torch.tensor([1.0, 1.0]), "epsilon", sigma_min)

@@ -7,7 +7,9 @@
 
 ``--mode`` comes from the preset (diffusion: x-prediction + guided Heun; consistency: ECT with a perceptual
 NT-Xent, one-step sampling). ``--encoder`` is a folder saved by train_rcm.py or a reference ``nnet.pth``;
-``--from_scratch`` trains the same architecture from random weights (the paper's ablation).
+``--from_scratch`` trains the same architecture from random weights (the paper's ablation);
+``--init_from_pipeline`` starts from a trained pipeline's whole generator (ECT's initialisation of a consistency
+model from a diffusion model).
 """
 
 import argparse
@@ -31,7 +33,7 @@ from epg_diffusers.models import get_preset
 from epg_diffusers.training import runner
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas
 from epg_diffusers.training.data import clean_view
-from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
+from epg_diffusers.training.finetune import load_encoder, load_pipeline_init, make_lr_scheduler, param_groups
 from epg_diffusers.training.objectives import LOSS_WEIGHTINGS, consistency_loss, diffusion_loss
 from epg_diffusers.training.recipes import EPG_RECIPES
 from epg_diffusers.training.seeding import stream_generator
@@ -46,6 +48,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--mode", choices=["diffusion", "consistency"])
     add("--encoder", default=None, help="pre-trained encoder: train_rcm.py output folder or reference nnet.pth")
     add("--from_scratch", action="store_true", help="ablation: no pre-trained encoder (random initialisation)")
+    add("--init_from_pipeline", default=None,
+        help="start from a trained pipeline's generator (folder or Hub id), e.g. consistency fine-tuning from a "
+             "diffusion pipeline (ECT's initialisation); the architecture is the pipeline's")
+    add("--prediction_type", choices=["boundary_condition", "sample_boundary_condition"],
+        help="consistency: D = c_skip x + c_out F (the paper), or x-prediction under the boundary condition "
+             "(default with --init_from_pipeline of a diffusion pipeline, whose network predicts x0)")
     add("--perceptual_encoder", default=None, help="consistency: frozen encoder of the NT-Xent term (default --encoder)")
     add("--freeze_encoder", action="store_true", help="train the decoder only (paper Table 13)")
     add("--layer_decay", type=float, default=1.0, help="layer-wise lr decay of the encoder blocks (1 = off)")
@@ -96,10 +104,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "digits data set has metrics")
     if args.eval_ref_npz is not None and not Path(args.eval_ref_npz).is_file():
         parser.error(f"`--eval_ref_npz` {args.eval_ref_npz!r} is not a file")
-    if (args.encoder is None) == (not args.from_scratch):
-        parser.error("pass exactly one of `--encoder` (a pre-trained encoder) and `--from_scratch`")
-    if args.mode == "consistency" and args.from_scratch and args.perceptual_encoder is None:
-        parser.error("consistency training needs `--perceptual_encoder` when training `--from_scratch`")
+    starts = [args.encoder is not None, args.from_scratch, args.init_from_pipeline is not None]
+    if sum(starts) != 1:
+        parser.error("pass exactly one of `--encoder` (a pre-trained encoder), `--from_scratch` and "
+                     "`--init_from_pipeline` (a trained pipeline)")
+    if args.mode == "consistency" and args.encoder is None and args.perceptual_encoder is None and args.aux_weight:
+        parser.error("consistency training needs `--perceptual_encoder` (the frozen network of the NT-Xent term) "
+                     "without `--encoder`, unless `--aux_weight 0`")
+    if args.prediction_type is not None and args.mode != "consistency":
+        parser.error("`--prediction_type` is a consistency fine-tuning option (diffusion predicts x0: 'sample')")
+    if args.freeze_encoder and args.encoder is None:
+        parser.error("`--freeze_encoder` freezes the pre-trained `--encoder`; pass one")
     return args
 
 
@@ -116,18 +131,37 @@ def main(argv=None):
         return
     accelerator = runner.make_accelerator(args)
     resume_path = runner.resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    init = None
+    if args.init_from_pipeline is not None:
+        init, init_prediction = load_pipeline_init(args.init_from_pipeline)
+        args.model = {k: v for k, v in init.config.items() if not k.startswith("_")}  # the pipeline's architecture
+        if args.mode == "consistency" and args.prediction_type is None:
+            args.prediction_type = "sample_boundary_condition" if init_prediction == "sample" else init_prediction
+    if args.mode == "consistency" and args.prediction_type is None:
+        args.prediction_type = "boundary_condition"
     config = generator_config(args)
     resolution = config["sample_size"]
     # the data, and its class names when the labels are a ClassLabel
     data, names = runner.training_data(args, accelerator, {"x0": clean_view(resolution, args.random_flip)}, resolution)
     model = EPGTransformer2DModel(**{**config, "num_classes": len(names) if names else config.get("num_classes", 1000)})
     perceptual = None
-    if not args.from_scratch:
+    if args.encoder is not None:
         perceptual = load_encoder(model, args.encoder, freeze=args.freeze_encoder)
+    elif init is not None:
+        if init.config.num_classes != model.config.num_classes:
+            raise ValueError(f"`init_from_pipeline`={args.init_from_pipeline!r} has {init.config.num_classes} classes, "
+                             f"the data set {model.config.num_classes}.")
+        try:
+            model.load_state_dict(init.state_dict())
+        except RuntimeError as error:  # --model_config changed the pipeline's architecture
+            raise ValueError(f"`init_from_pipeline`={args.init_from_pipeline!r} does not fit the generator built with "
+                             f"`--model_config` {args.model_config}: {str(error).splitlines()[0]}") from error
+        del init
     if args.mode == "consistency":
         if args.perceptual_encoder:
             perceptual = load_encoder(None, args.perceptual_encoder, reference_like=model)
-        perceptual.to(accelerator.device).eval().requires_grad_(False)  # frozen: no gradients accumulate
+        if perceptual is not None:
+            perceptual.to(accelerator.device).eval().requires_grad_(False)  # frozen: no gradients accumulate
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
@@ -185,7 +219,7 @@ class FineTuneHooks:
         target = self.accelerator.unwrap_model(self.model)  # the stop-gradient target is the current online network
         return consistency_loss(self.model, target, self.perceptual, x0, labels, noise, t, r, self.shift,
                                 args.huber_c, args.aux_tau, args.aux_weight, self.accelerator.gather, rank * len(x0),
-                                args.loss_weighting)
+                                args.loss_weighting, args.prediction_type)
 
     def after_step(self):
         self.lr_scheduler.step()
@@ -259,8 +293,11 @@ class FineTuneHooks:
         """An EPGPipeline around a copy of the model holding the EMA weights."""
         model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval()
         self.ema.copy_to(model.parameters())
-        scheduler = (EPGHeunScheduler if self.args.mode == "diffusion" else EPGConsistencyScheduler)(
-            image_size=self.config.sample_size)
+        if self.args.mode == "diffusion":
+            scheduler = EPGHeunScheduler(image_size=self.config.sample_size)
+        else:
+            scheduler = EPGConsistencyScheduler(image_size=self.config.sample_size,
+                                                prediction_type=self.args.prediction_type)
         pipe = EPGPipeline(model, scheduler, id2label=dict(enumerate(self.names)) if self.names else None,
                            default_num_inference_steps=self.args.num_inference_steps,
                            default_guidance_scale=self.args.guidance_scale,
@@ -328,7 +365,7 @@ def write_pipeline(args, hooks: FineTuneHooks, folder: Path, step: int, grid: bo
         description += "\n![samples](samples.png)\n"
     datasets = [hub_repo_id(args.dataset_name)] if hub_repo_id(args.dataset_name) else None
     model_card(folder, str(folder), description, datasets=datasets,
-               base_model=hub_repo_id(args.encoder)).save(folder / "README.md")
+               base_model=hub_repo_id(args.encoder or args.init_from_pipeline)).save(folder / "README.md")
 
 
 def export(args, accelerator, hooks: FineTuneHooks, state):

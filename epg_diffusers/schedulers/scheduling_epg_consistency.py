@@ -24,7 +24,8 @@ class EPGConsistencyScheduler(EPGSchedulerBase, SchedulerMixin, ConfigMixin):
         rho (`float`, defaults to 7.0): Karras grid exponent for few-step schedules.
         image_size (`int`, defaults to 256): image resolution; every sigma is multiplied by image_size / 64.
         prediction_type (`str`, defaults to `"boundary_condition"`): `"boundary_condition"` (x0 = c_skip x +
-            c_out F) or `"sample"` (F is x0).
+            c_out F), `"sample_boundary_condition"` (x0 = c_skip x + (1 - c_skip) F with an x-prediction c_skip,
+            models fine-tuned from a diffusion pipeline) or `"sample"` (F is x0).
         clip_sample (`bool`, defaults to `True`): clamp x0 to [-clip_sample_range, clip_sample_range] (reference).
         clip_sample_range (`float`, defaults to 1.0): the clamp bound.
     """

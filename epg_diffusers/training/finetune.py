@@ -107,3 +107,21 @@ def make_lr_scheduler(args, optimizer):
         return warmup * factors[bisect.bisect_right(milestones, step)]
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def load_pipeline_init(source: str):
+    """(transformer, scheduler prediction type) of a trained pipeline folder or Hub id, for ``--init_from_pipeline``:
+    fine-tuning starts from its whole generator, encoder and decoder (ECT's initialisation of a consistency model
+    from a diffusion model)."""
+    from ..defaults import quiet_loading
+    from ..pipelines import EPGPipeline
+
+    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "model_index.json")):
+        raise ValueError(f"`init_from_pipeline`={source!r} is not a pipeline folder (no model_index.json): pass the "
+                         "folder train_epg.py exports (<output_dir>/pipeline) or a pipeline's Hub id.")
+    try:
+        with quiet_loading():
+            pipe = EPGPipeline.from_pretrained(source)
+    except Exception as error:
+        raise ValueError(f"cannot load `init_from_pipeline`={source!r}: {error}") from error
+    return pipe.transformer, pipe.scheduler.config.prediction_type

@@ -119,15 +119,18 @@ def diffusion_loss(model, x0, class_labels, noise, sigma_proposal, shift: float,
     return (x0_hat.float() - x0) ** 2 * weight
 
 
-def consistency_denoise(model, x_sigma, sigma, class_labels, shift: float) -> torch.Tensor:
-    """D(x, sigma) = c_skip x + c_out F with the shifted sigma_min (boundary condition, D(x, sigma_min) = x)."""
+def consistency_denoise(model, x_sigma, sigma, class_labels, shift: float,
+                        prediction_type: str = "boundary_condition") -> torch.Tensor:
+    """D(x, sigma) = c_skip x + c_out F with the shifted sigma_min (boundary condition, D(x, sigma_min) = x); the
+    paper's c_skip / c_out, or ``"sample_boundary_condition"``'s (x-prediction, ``sigmas.sample_boundary_scalings``)."""
     output = model(*network_inputs(x_sigma, sigma), class_labels, return_dict=False)[0]
-    return sm.denoised_from_output(output.float(), x_sigma, sigma, "boundary_condition", sm.SIGMA_MIN * shift)
+    return sm.denoised_from_output(output.float(), x_sigma, sigma, prediction_type, sm.SIGMA_MIN * shift)
 
 
 def consistency_loss(model, target, perceptual, x0, class_labels, noise, t, r, shift: float,
                      huber_c: float = 0.06, aux_tau: float = 0.1, aux_weight: float = 1.0, gather=lambda v: v,
-                     offset: int = 0, loss_weighting: str = "reference") -> dict[str, torch.Tensor]:
+                     offset: int = 0, loss_weighting: str = "reference",
+                     prediction_type: str = "boundary_condition") -> dict[str, torch.Tensor]:
     """Per-sample consistency fine-tuning loss (reference notes section 6; ECT with a perceptual NT-Xent).
 
     ``t`` > ``r`` are unshifted (ECT mapping); both share ``noise``. ``target`` is a stop-gradient copy of
@@ -135,24 +138,31 @@ def consistency_loss(model, target, perceptual, x0, class_labels, noise, t, r, s
     l / sqrt(l + c^2) (c not scaled with dimension), weighted by 1 / (t - r) on shifted values (0 where t = r);
     ``loss_weighting="uniform"`` weights every pair with t > r by 1 instead (not the paper's recipe; the digits
     defaults, where 1 / (t - r) leaves the high noise levels of one-step sampling untrained).
+    ``prediction_type``: how D is made from the network output (:func:`consistency_denoise`).
     ``perceptual`` (a frozen pre-trained encoder in eval mode) embeds D(x_t) and x0 at sigma_min H/64 without
     noise; NT-Xent rows are the prediction's projector features, columns the clean images' (global batch).
+    ``perceptual=None`` leaves the term out (0).
     """
     check_loss_weighting(loss_weighting)
     t_s, r_s = t * shift, r * shift
     devices = [x0.device] if x0.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the target reuses the online pass's dropout masks
-        denoised = consistency_denoise(model, x0 + noise * sm.expand_like(t_s, x0), t_s, class_labels, shift)
+        denoised = consistency_denoise(model, x0 + noise * sm.expand_like(t_s, x0), t_s, class_labels, shift,
+                                       prediction_type)
     with torch.no_grad():
-        denoised_target = consistency_denoise(target, x0 + noise * sm.expand_like(r_s, x0), r_s, class_labels, shift)
+        denoised_target = consistency_denoise(target, x0 + noise * sm.expand_like(r_s, x0), r_s, class_labels, shift,
+                                               prediction_type)
     squared = ((denoised - denoised_target) ** 2).flatten(1).sum(dim=1)
     distance = squared / (squared.detach() + huber_c**2).sqrt()
     per_pair = 1.0 / (t_s - r_s).clamp(min=1e-12) if loss_weighting == "reference" else torch.ones_like(t_s)
     weight = torch.where(t_s > r_s, per_pair, torch.zeros_like(t_s))
-    sigma0 = torch.tensor(sm.SIGMA_MIN * shift, device=x0.device)
-    prediction = perceptual(*network_inputs(denoised, sigma0), return_dict=False)[0]
-    with torch.no_grad():
-        clean = perceptual(*network_inputs(x0, sigma0), return_dict=False)[0]
-    aux = nt_xent(prediction, gather(clean), aux_tau, offset)
+    if perceptual is None:  # ECT's loss alone (--aux_weight 0 without a perceptual encoder)
+        aux = torch.zeros_like(squared)
+    else:
+        sigma0 = torch.tensor(sm.SIGMA_MIN * shift, device=x0.device)
+        prediction = perceptual(*network_inputs(denoised, sigma0), return_dict=False)[0]
+        with torch.no_grad():
+            clean = perceptual(*network_inputs(x0, sigma0), return_dict=False)[0]
+        aux = nt_xent(prediction, gather(clean), aux_tau, offset)
     consistency = weight * distance
     return {"loss": consistency + aux_weight * aux, "consistency_loss": consistency, "perceptual_loss": aux}

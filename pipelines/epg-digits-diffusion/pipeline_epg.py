@@ -42,7 +42,7 @@ SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 RHO = 7.0
 SIGMA_DATA = 0.5
-PREDICTION_TYPES = ("sample", "boundary_condition")
+PREDICTION_TYPES = ("sample", "boundary_condition", "sample_boundary_condition")
 GUIDANCE_INTERVAL = (0.19, 1.61)  # unshifted (low, high] where the reference applies guidance
 
 
@@ -96,6 +96,18 @@ def boundary_scalings(
     c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
     c_out = (sigma - sigma_min) * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
     return c_skip, c_out
+
+
+def sample_boundary_scalings(sigma: torch.Tensor, sigma_min: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out) of an x-prediction network under the consistency boundary condition (``--init_from_pipeline``).
+
+    c_skip = sigma_min^2 / ((sigma - sigma_min)^2 + sigma_min^2), c_out = 1 - c_skip: Song et al.'s c_skip with
+    sigma_min in place of sigma_data, so D(x, sigma_min) = x while D = F within 1% once sigma >= 11 sigma_min.
+    A consistency model initialised from an EPG diffusion model (D = F, x-prediction) therefore starts as that
+    model's denoiser, as ECT's initialisation intends, and its network keeps predicting x0 rather than noise.
+    """
+    c_skip = sigma_min**2 / ((sigma - sigma_min) ** 2 + sigma_min**2)
+    return c_skip, 1.0 - c_skip
 
 
 def sigma_to_time(sigma: torch.Tensor) -> torch.Tensor:
@@ -152,13 +164,18 @@ def denoised_from_output(
 
     ``"sample"`` (diffusion fine-tuning): D = F (x-prediction, reference notes section 5).
     ``"boundary_condition"`` (consistency fine-tuning): D = c_skip x + c_out F with the shifted sigma_min.
+    ``"sample_boundary_condition"`` (consistency fine-tuning initialised from a diffusion pipeline):
+    D = c_skip x + (1 - c_skip) F, :func:`sample_boundary_scalings`.
     """
     if prediction_type == "sample":
         return model_output
     if prediction_type == "boundary_condition":
         c_skip, c_out = boundary_scalings(sigma, sigma_min, sigma_data)
-        return expand_like(c_skip, sample) * sample + expand_like(c_out, sample) * model_output
-    raise ValueError(f"`prediction_type` must be 'sample' or 'boundary_condition', got {prediction_type!r}.")
+    elif prediction_type == "sample_boundary_condition":
+        c_skip, c_out = sample_boundary_scalings(sigma, sigma_min)
+    else:
+        raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+    return expand_like(c_skip, sample) * sample + expand_like(c_out, sample) * model_output
 
 
 # ---- epg_diffusers/pipelines/inputs.py ----
@@ -315,7 +332,7 @@ sm = SimpleNamespace(  # `sm.` in the package is module epg_diffusers.sigmas
     boundary_scalings=boundary_scalings, c_in=c_in, churn_gamma=churn_gamma,
     denoised_from_output=denoised_from_output, expand_like=expand_like, guided_evaluations=guided_evaluations,
     karras_sigmas=karras_sigmas, karras_sigmas_at=karras_sigmas_at, resolution_shift=resolution_shift,
-    sigma_to_time=sigma_to_time, time_to_sigma=time_to_sigma,
+    sample_boundary_scalings=sample_boundary_scalings, sigma_to_time=sigma_to_time, time_to_sigma=time_to_sigma,
 )
 EPGTransformer2DModel = ModelMixin  # annotations only: the class is in its component's folder
 EPGSchedulerBase = SchedulerMixin  # annotations only: the class is in its component's folder
