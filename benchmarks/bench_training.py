@@ -41,9 +41,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from epg_diffusers import sigmas as sm
 from epg_diffusers.models import model_from_preset
-from epg_diffusers.training.curricula import lognormal_sigmas
 from epg_diffusers.training.finetune import param_groups
-from epg_diffusers.training.objectives import diffusion_loss, network_inputs, nt_xent, rcm_pretrain_loss
+from epg_diffusers.training.objectives import (
+    DiffusionNoiseLevels,
+    diffusion_loss,
+    network_inputs,
+    nt_xent,
+    rcm_pretrain_loss,
+)
 
 MOMENTUM, EMA_DECAY, SHIFT = 0.99, 0.9999, 4.0  # recipe values; 256 px shift H/64
 
@@ -78,10 +83,11 @@ def build_generator(args, device):
 
 
 def generator_inputs(b, device):
-    """x0 in [-1, 1], labels, noise and lognormal(-1.2, 1.6) proposal sigmas of one fine-tuning batch."""
+    """x0 in [-1, 1], labels, noise, and the paper's (shifted) sigmas and loss weights of one fine-tuning batch."""
     x0 = torch.rand(b, 3, 256, 256, device=device) * 2 - 1
     labels, noise = torch.randint(0, 1000, (b,), device=device), torch.randn(b, 3, 256, 256, device=device)
-    return x0, labels, noise, lognormal_sigmas(b, -1.2, 1.6, torch.Generator(device).manual_seed(0), device)
+    sigma, weight = DiffusionNoiseLevels(-1.2, 1.6, SHIFT).sample(b, torch.Generator(device).manual_seed(0), device)
+    return x0, labels, noise, sigma, weight
 
 
 def check(ref_case, ours_case):
@@ -177,8 +183,8 @@ def finetune(args, device):
     model = build_generator(args, device)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-5, 0.01), betas=(0.9, 0.999))
     ema = EMAModel(model.parameters(), decay=EMA_DECAY, min_decay=EMA_DECAY, foreach=True)  # created on model's device
-    x0, labels, noise, sigma = generator_inputs(args.batch, device)
-    loss_fn = lambda: diffusion_loss(model, x0, labels, noise, sigma, SHIFT).flatten(1).mean(1)
+    inputs = generator_inputs(args.batch, device)
+    loss_fn = lambda: diffusion_loss(model, *inputs)["loss"]
     ours_prep, ref_prep = lambda: use_attention(model, "ours"), lambda: use_attention(model, "ref")
     check((ref_prep, loss_fn), (ours_prep, loss_fn))
     ours_ema, ref_ema = lambda: ema.step(model.parameters()), lambda: ema_loop(ema.shadow_params, model.parameters(),
@@ -194,11 +200,11 @@ def memory_worker(args, device):
     model = use_attention(build_generator(args, device), "ours")
     if checkpointing == "on":
         model.enable_gradient_checkpointing()
-    x0, labels, noise, sigma = generator_inputs(args.batch, device)
+    inputs = generator_inputs(args.batch, device)
     base = memory_now(device, reset=True)[0]  # model and inputs exist: count only what forward + backward add
     start = sync(device)
     with torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext():
-        loss = diffusion_loss(model, x0, labels, noise, sigma, SHIFT).mean()
+        loss = diffusion_loss(model, *inputs)["loss"].mean()
     forward_peak = memory_now(device)[1] - base
     loss.backward()
     seconds = sync(device) - start

@@ -84,6 +84,13 @@ def sample_boundary_scalings(sigma: torch.Tensor, sigma_min: float) -> tuple[tor
     return c_skip, 1.0 - c_skip
 
 
+def network_inputs(x_sigma: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a network sees in training: (c_in(sigma) x_sigma, 250 ln sigma) for per-sample or scalar shifted
+    ``sigma`` (EDM Table 1; the schedulers' ``scale_model_input`` and ``timesteps`` give the same when sampling)."""
+    sigma = sigma.expand(x_sigma.shape[0]) if sigma.ndim == 0 else sigma
+    return expand_like(c_in(sigma), x_sigma) * x_sigma, sigma_to_time(sigma)
+
+
 def sigma_to_time(sigma: torch.Tensor) -> torch.Tensor:
     """Network time input c_noise(sigma) = 1000 * 0.25 * ln(sigma) = 250 ln(sigma) (shifted sigma)."""
     return 250.0 * torch.log(sigma)

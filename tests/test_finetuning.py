@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel, RCMEncoderModel
+from epg_diffusers import sigmas as sm
 from epg_diffusers.training.curricula import ect_r_of_t, ect_stage
 from epg_diffusers.training.finetune import load_encoder, make_lr_scheduler, param_groups
-from epg_diffusers.training.objectives import consistency_loss, diffusion_loss, network_inputs
+from epg_diffusers.training.objectives import (
+    ConsistencyNoiseLevels,
+    DiffusionNoiseLevels,
+    consistency_loss,
+    diffusion_loss,
+    network_inputs,
+)
 
 from .conftest import TINY
 from .test_pretraining import ROOT, SUBPROCESS_ENV, metrics, run_rcm
@@ -19,29 +26,42 @@ GENERATOR = json.dumps({k: TINY[k] for k in ("sample_size", "depth", "embed_dim"
                                             "decoder_embed_dim", "decoder_num_heads")})
 
 
-def test_diffusion_loss_matches_reference(reference):
+def diffusion_terms(reference, loss_weighting="reference"):
     data = reference["sub"]("tiny32/dm_loss/")
     model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/dm/"), **reference["generator_config"])
+    levels = DiffusionNoiseLevels(-1.2, 1.6, shift=0.5, loss_weighting=loss_weighting)
+    sigma, weight = levels.at(data["sigma_unshifted_proposal"])
     with torch.no_grad():
-        loss = diffusion_loss(model, data["x_start"], data["y"], data["noise"], data["sigma_unshifted_proposal"], 0.5)
-    expected = data["loss_elementwise"]
+        return diffusion_loss(model, data["x_start"], data["y"], data["noise"], sigma, weight), weight, data
+
+
+def test_diffusion_loss_matches_reference(reference):
+    terms, _, data = diffusion_terms(reference)
+    expected = data["loss_elementwise"].flatten(1).mean(1)  # the per-sample loss the reference averages
     # weights reach 2.6e4, so the loss is compared relative to its scale
-    assert (loss - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert (terms["loss"] - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_uniform_loss_weighting_is_the_plain_x0_mse(reference):
-    data = reference["sub"]("tiny32/dm_loss/")
-    model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/dm/"), **reference["generator_config"])
-    args = (model, data["x_start"], data["y"], data["noise"], data["sigma_unshifted_proposal"], 0.5)
-    with torch.no_grad():
-        uniform = diffusion_loss(*args, loss_weighting="uniform")
-        weighted = diffusion_loss(*args, loss_weighting="reference")
-    weights = (weighted / uniform).flatten(1)
+    uniform, ones, _ = diffusion_terms(reference, "uniform")
+    weighted, weight, _ = diffusion_terms(reference, "reference")
+    assert torch.equal(ones, torch.ones_like(ones)) and torch.equal(uniform["loss"], uniform["x0_mse"])
     # the reference weight is one number per sample (1 / grid spacing), far from 1; uniform is the bare error
-    assert torch.allclose(weights, weights[:, :1].expand_as(weights), rtol=1e-4)
-    assert weights.min() > 1.5
+    assert torch.allclose(weighted["loss"], weight * uniform["loss"], rtol=1e-5)
+    assert weight.min() > 1.5
     with pytest.raises(ValueError, match="`loss_weighting`"):
-        diffusion_loss(*args, loss_weighting="edm")
+        DiffusionNoiseLevels(-1.2, 1.6, 0.5, loss_weighting="edm")
+
+
+def test_noise_levels_draw_the_proposal_with_the_generator():
+    levels = DiffusionNoiseLevels(-1.2, 1.6, shift=4.0, grid_size=1280)
+    sigma, weight = levels.sample(64, torch.Generator().manual_seed(3))
+    again, _ = levels.sample(64, torch.Generator().manual_seed(3))
+    grid = sm.karras_sigmas(1280) * 4.0
+    assert torch.equal(sigma, again) and torch.isin(sigma, grid).all() and (weight > 0).all()
+    t, r, weight = ConsistencyNoiseLevels(-0.4, 1.6, shift=4.0).sample(64, 1, torch.Generator().manual_seed(3))
+    assert (t >= r).all() and (r >= sm.SIGMA_MIN * 4.0 - 1e-7).all()
+    assert torch.equal(weight, torch.where(t > r, 1 / (t - r), 0.0))
 
 
 def test_consistency_loss_matches_reference(reference):
@@ -49,8 +69,9 @@ def test_consistency_loss_matches_reference(reference):
     config = reference["generator_config"]
     model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/cm/"), **config)
     perceptual = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_online/"), **reference["encoder_config"])
+    t, r, weight = ConsistencyNoiseLevels(-0.4, 1.6, shift=0.5).pairs(cm["t_unshifted"], cm["r_unshifted"])
     out = consistency_loss(model, model, perceptual.eval().requires_grad_(False), data["x_start"], data["y"], cm["noise"],
-                           cm["t_unshifted"], cm["r_unshifted"], 0.5)
+                           t, r, weight, sm.SIGMA_MIN * 0.5)
     assert (out["loss"] - cm["loss"]).abs().max() <= 1e-5 * max(1.0, cm["loss"].abs().max())
     assert (out["perceptual_loss"] - cm["perceptual_loss"]).abs().max() <= 1e-5
     out["loss"].mean().backward()  # gradients reach the online network only
@@ -61,14 +82,17 @@ def test_uniform_consistency_weighting_drops_only_the_one_over_t_minus_r(referen
     data, cm = reference["sub"]("tiny32/dm_loss/"), reference["sub"]("tiny32/cm_loss/")
     model = EPGTransformer2DModel.from_single_file(reference["sub"]("tiny32/cm/"), **reference["generator_config"]).eval()
     perceptual = RCMEncoderModel.from_single_file(reference["sub"]("tiny32/rcm_online/"), **reference["encoder_config"])
-    args = (model, model, perceptual.eval(), data["x_start"], data["y"], cm["noise"], cm["t_unshifted"], cm["r_unshifted"], 0.5)
-    with torch.no_grad():
-        paper = consistency_loss(*args)["consistency_loss"]
-        uniform = consistency_loss(*args, loss_weighting="uniform")["consistency_loss"]
+    terms = {}
+    for weighting in ("reference", "uniform"):
+        t, r, weight = ConsistencyNoiseLevels(-0.4, 1.6, 0.5, loss_weighting=weighting).pairs(cm["t_unshifted"],
+                                                                                              cm["r_unshifted"])
+        with torch.no_grad():
+            terms[weighting] = consistency_loss(model, model, perceptual.eval(), data["x_start"], data["y"], cm["noise"],
+                                                t, r, weight, sm.SIGMA_MIN * 0.5)["consistency_loss"]
     gap = (cm["t_unshifted"] - cm["r_unshifted"]) * 0.5
-    assert torch.allclose(uniform, torch.where(gap > 0, paper * gap, 0.0), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(terms["uniform"], torch.where(gap > 0, terms["reference"] * gap, 0.0), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="`loss_weighting`"):
-        consistency_loss(*args, loss_weighting="ect")
+        ConsistencyNoiseLevels(-0.4, 1.6, 0.5, loss_weighting="ect")
 
 
 def test_ect_mapping_matches_reference(reference):
@@ -85,7 +109,7 @@ def test_matched_dropout_masks_make_identical_target():
     perceptual = RCMEncoderModel(sample_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2,
                                  projector_hidden_dim=16, projector_dim=8).eval()
     t = torch.tensor([1.0, 2.0])
-    out = consistency_loss(model, model, perceptual, x0, y, noise, t, t, 0.25)  # r = t: same input, same masks
+    out = consistency_loss(model, model, perceptual, x0, y, noise, t, t, torch.ones(2), 0.0005)  # r = t: same masks
     assert torch.all(out["consistency_loss"] == 0)
 
 
@@ -305,7 +329,6 @@ def test_digits_recipes_do_not_mirror_the_training_images():
 def test_consistency_from_a_diffusion_pipeline_starts_as_its_denoiser(tmp_path):
     """--init_from_pipeline: the whole generator is the diffusion pipeline's, and under the x-prediction boundary
     condition the consistency model's D is the diffusion model's x0 away from sigma_min (ECT's initialisation)."""
-    from epg_diffusers import sigmas as sm
     from epg_diffusers.training.objectives import consistency_denoise
 
     from .conftest import tiny_pipeline
@@ -331,11 +354,11 @@ def test_consistency_from_a_diffusion_pipeline_starts_as_its_denoiser(tmp_path):
             s = torch.full((4,), sigma * shift)
             x = x0 + noise * sigma * shift
             f = model(*network_inputs(x, s), labels, return_dict=False)[0]
-            d = consistency_denoise(model, x, s, labels, shift, "sample_boundary_condition")
+            d = consistency_denoise(model, x, s, labels, sm.SIGMA_MIN * shift, "sample_boundary_condition")
             assert torch.allclose(d, f, atol=0.01 * (x - f).abs().max().item() + 1e-6)
         s = torch.full((4,), sm.SIGMA_MIN * shift)  # the boundary condition: D(x, sigma_min) = x exactly
         x = x0 + noise * s[0]
-        assert torch.equal(consistency_denoise(model, x, s, labels, shift, "sample_boundary_condition"), x)
+        assert torch.equal(consistency_denoise(model, x, s, labels, sm.SIGMA_MIN * shift, "sample_boundary_condition"), x)
 
 
 def test_init_from_pipeline_bad_input(encoder_folder, tmp_path):

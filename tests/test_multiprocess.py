@@ -11,7 +11,7 @@ from epg_diffusers import RCMEncoderModel
 from epg_diffusers import sigmas as sm
 from epg_diffusers.training.objectives import rcm_pretrain_loss
 
-from .test_pretraining import ROOT, metrics, run_rcm
+from .test_pretraining import ROOT, SUBPROCESS_ENV, metrics, run_rcm
 
 LAUNCH = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no")
@@ -69,3 +69,17 @@ def test_two_process_training_run_checkpoints_and_exports(tmp_path):
     assert (config["train_batch_size"], config["global_batch_size"], config["num_processes"]) == (8, 16, 2)
     assert (tmp_path / "checkpoints" / "checkpoint-2" / "random_states_1.pkl").is_file()  # both processes saved
     assert RCMEncoderModel.from_pretrained(tmp_path / "encoder").config.depth == 2
+
+
+def test_fsdp2_with_the_wrapping_policy_of_the_fsdp_config(tmp_path):
+    """accelerate turns FSDP on only on accelerators, so on CPU torch's FSDP2 is applied directly with
+    training/accelerate/fsdp.yaml's policy (tests/scripts/fsdp_two_processes.py): two gloo processes train a tiny
+    generator with the diffusion objective on half a batch each, and the weights and the sharded EMA (saved,
+    loaded, made into a model by training/ema.py) match one process on the whole batch."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(ROOT / "tests" / "scripts" / "fsdp_two_processes.py"), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=SUBPROCESS_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["wrapped"] == ["EPGEncoderBlock", "EPGDecoderBlock"] and found["units"] == 5
+    assert found["weights_error"] < 1e-5 and found["ema_error"] < 1e-5

@@ -45,8 +45,8 @@ def test_objective_matches_reference(reference, mode):
         online, target, data["x_start"], data["x_aug1"], data["x_aug2"], data["noise"], (grid[-1], grid[n], grid[n + 1]),
         consistency_tau=tau,
     )
-    for key in ("loss", "contrastive_loss", "consistency"):
-        assert (out[key] - data[f"{mode}/{key}"]).abs().max() <= 1e-5, key
+    for key, fixture in (("loss", "loss"), ("contrastive_loss", "contrastive_loss"), ("consistency_loss", "consistency")):
+        assert (out[key] - data[f"{mode}/{fixture}"]).abs().max() <= 1e-5, key
 
 
 def test_contrastive_tau_is_the_contrastive_temperature(reference, tmp_path):
@@ -143,7 +143,7 @@ def test_train_checkpoint_and_exact_resume(tmp_path):
     assert not (tmp_path / "split" / "encoder").exists()  # stopped early: no export yet
     run_rcm(*common, "--output_dir", str(tmp_path / "split"), "--resume_from_checkpoint", "latest")
     full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
-    keys = ("loss", "contrastive_loss", "consistency", "lr", "num_scales", "tau")
+    keys = ("loss", "contrastive_loss", "consistency_loss", "lr", "num_scales", "tau")
     assert [[row[k] for k in keys] for row in full] == [[row[k] for k in keys] for row in split]
     assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
     assert "feature_std/sigma_80" in full[2]

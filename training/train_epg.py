@@ -13,28 +13,29 @@ model from a diffusion model).
 """
 
 import argparse
-import copy
 import json
 import os
 from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
 from diffusers.training_utils import EMAModel
-from diffusers.utils import logging as diffusers_logging
 from diffusers.utils import make_image_grid
 
 from epg_diffusers import EPGConsistencyScheduler, EPGHeunScheduler, EPGPipeline, EPGTransformer2DModel
 from epg_diffusers import sigmas as sm
-from epg_diffusers.defaults import quiet_loading
 from epg_diffusers.hub import push_to_hub
 from epg_diffusers.model_card import hub_repo_id, model_card, training_section
 from epg_diffusers.models import get_preset
 from epg_diffusers.training import runner
-from epg_diffusers.training.curricula import ect_r_of_t, ect_stage, lognormal_sigmas
+from epg_diffusers.training.curricula import ect_stage
 from epg_diffusers.training.data import clean_view
+from epg_diffusers.training.ema import EMA_DIR, LEGACY_EMA, PickledEMA, ema_model, load_ema, save_ema
 from epg_diffusers.training.finetune import load_encoder, load_pipeline_init, make_lr_scheduler, param_groups
-from epg_diffusers.training.objectives import LOSS_WEIGHTINGS, consistency_loss, diffusion_loss
+from epg_diffusers.training.objectives import (
+    LOSS_WEIGHTINGS, ConsistencyNoiseLevels, DiffusionNoiseLevels, consistency_loss, diffusion_loss,
+)
 from epg_diffusers.training.recipes import EPG_RECIPES
 from epg_diffusers.training.seeding import stream_generator
 
@@ -130,6 +131,9 @@ def main(argv=None):
         runner.print_dry_run(args)
         return
     accelerator = runner.make_accelerator(args)
+    if args.offload_ema and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("`--offload_ema` keeps whole EMA weights on the CPU; under FSDP the EMA is sharded across "
+                         "the processes already: leave it out.")
     resume_path = runner.resolve_resume(args.resume_from_checkpoint, args.output_dir)
     init = None
     if args.init_from_pipeline is not None:
@@ -171,14 +175,15 @@ def main(argv=None):
     )
     lr_scheduler = make_lr_scheduler(args, optimizer)
     loader = runner.make_loader(args, accelerator, data)
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, foreach=True,  # constant decay
-                   model_cls=EPGTransformer2DModel, model_config=model.config)
     model, optimizer, loader = runner.prepare(accelerator, model, optimizer, loader)
+    # created from the prepared model: under FSDP each process keeps the EMA of its own shards (training/ema.py)
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, foreach=True,  # constant decay
+                   model_cls=EPGTransformer2DModel, model_config=accelerator.unwrap_model(model).config)
     ema_device = torch.device("cpu") if args.offload_ema else accelerator.device
     ema.to(ema_device)
     if args.offload_ema and accelerator.device.type == "cuda":
         ema.pin_memory()
-    # the EMA is saved the diffusers way (checkpoint-<step>/ema, EMAModel.save_pretrained), not in a pickle
+    # the EMA is saved the diffusers way (checkpoint-<step>/ema, as EMAModel.save_pretrained writes it), not in a pickle
     legacy = resume_path is not None and Path(resume_path, LEGACY_EMA).is_file()
     accelerator.register_for_checkpointing(lr_scheduler, *([PickledEMA(ema, ema_device)] if legacy else []))
     accelerator.register_load_state_pre_hook(lambda models, folder: load_ema(ema, folder, ema_device))
@@ -199,27 +204,33 @@ class FineTuneHooks:
         self.lr_scheduler, self.state, self.names = lr_scheduler, state, names
         self.config = accelerator.unwrap_model(model).config
         self.shift = sm.resolution_shift(self.config.sample_size)
+        if args.mode == "diffusion":
+            self.noise_levels = DiffusionNoiseLevels(args.p_mean, args.p_std, self.shift, args.grid_size,
+                                                     args.loss_weighting)
+        else:
+            self.noise_levels = ConsistencyNoiseLevels(args.p_mean, args.p_std, self.shift, args.ect_q, args.ect_k,
+                                                       args.ect_b, args.loss_weighting)
         self.throughput = runner.Throughput()
 
     def loss(self, batch, micro_step):
         args, device, x0 = self.args, self.accelerator.device, batch["x0"]
         rank = self.accelerator.process_index
         generator = stream_generator(args.seed, "noise", device, step=self.state.step, process=rank, micro_step=micro_step)
-        sigma = lognormal_sigmas(len(x0), args.p_mean, args.p_std, generator, device)
+        if args.mode == "diffusion":  # noise levels first: the draws keep their order in the generator
+            sigma, weight = self.noise_levels.sample(len(x0), generator, device)
+        else:
+            stage = ect_stage(self.state.step, args.ect_stage_length, args.ect_stage_length)
+            t, r, weight = self.noise_levels.sample(len(x0), stage, generator, device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
         drop = torch.rand(len(x0), generator=generator, device=device) < args.label_dropout
         labels = torch.where(drop, self.config.num_classes, batch["label"])  # null class for guidance
         self.throughput.add(len(x0))
         if args.mode == "diffusion":
-            loss = diffusion_loss(self.model, x0, labels, noise, sigma, self.shift, args.grid_size, args.loss_weighting)
-            return {"loss": loss.flatten(1).mean(1)}
-        t = sigma.clamp(min=sm.SIGMA_MIN)
-        r = ect_r_of_t(t, ect_stage(self.state.step, args.ect_stage_length, args.ect_stage_length),
-                       args.ect_q, args.ect_k, args.ect_b)
+            return diffusion_loss(self.model, x0, labels, noise, sigma, weight)
         target = self.accelerator.unwrap_model(self.model)  # the stop-gradient target is the current online network
-        return consistency_loss(self.model, target, self.perceptual, x0, labels, noise, t, r, self.shift,
-                                args.huber_c, args.aux_tau, args.aux_weight, self.accelerator.gather, rank * len(x0),
-                                args.loss_weighting, args.prediction_type)
+        return consistency_loss(self.model, target, self.perceptual, x0, labels, noise, t, r, weight,
+                                sm.SIGMA_MIN * self.shift, args.huber_c, args.aux_tau, args.aux_weight,
+                                self.accelerator.gather, rank * len(x0), args.prediction_type)
 
     def after_step(self):
         self.lr_scheduler.step()
@@ -238,14 +249,20 @@ class FineTuneHooks:
             runner.append_metrics(self.args.output_dir, self.state.step, metrics)
 
     def every_step(self):
-        if self.state.step % self.args.validation_steps == 0 and self.accelerator.is_main_process:
-            grid = self.sample_grid(self.pipeline())
+        if self.state.step % self.args.validation_steps == 0:
+            self.validate()
+        if self.args.eval_every and self.state.step % self.args.eval_every == 0:
+            self.evaluate()
+
+    def validate(self):
+        """A labelled grid of the EMA pipeline, saved and sent to the trackers by the main process."""
+        pipe = self.pipeline()  # on every process: gathering sharded (FSDP) weights is a collective
+        if self.accelerator.is_main_process:
+            grid = self.sample_grid(pipe)
             folder = Path(self.args.output_dir, "validation")
             folder.mkdir(parents=True, exist_ok=True)
             grid.save(folder / f"step-{self.state.step:07d}.png")
             runner.log_images(self.accelerator, "validation", grid, self.state.step)
-        if self.args.eval_every and self.state.step % self.args.eval_every == 0:
-            self.evaluate()
 
     def evaluate(self):
         """``--eval_every``: ``epg sample`` of the EMA pipeline on every process, then ``epg evaluate`` of the set;
@@ -278,21 +295,22 @@ class FineTuneHooks:
 
     def save_checkpoint_extras(self, models, weights, folder):
         """accelerate save-state hook: the EMA the diffusers way (``ema/``) and, when due, a loadable EMA pipeline
-        (``pipeline/``); both land inside the checkpoint, so they are validated and rotated with it."""
-        if not self.accelerator.is_main_process:
-            return
-        self.ema.save_pretrained(os.path.join(folder, "ema"))
+        (``pipeline/``); both land inside the checkpoint, so they are validated and rotated with it. Runs on every
+        process (gathering sharded weights is a collective); the main process writes."""
+        main = self.accelerator.is_main_process
+        save_ema(self.ema, self.config, os.path.join(folder, EMA_DIR), main)
         every = self.args.export_pipeline_every
         if every and self.state.step % every == 0:
-            write_pipeline(self.args, self, Path(folder, "pipeline"), self.state.step, grid=False)
+            pipe = self.pipeline()
+            if main:
+                write_pipeline(self.args, pipe, Path(folder, "pipeline"), self.state.step)
 
     def grid_labels(self) -> list[int]:
         return [i % self.config.num_classes for i in range(min(self.config.num_classes, 8) * 2)]
 
     def pipeline(self) -> EPGPipeline:
-        """An EPGPipeline around a copy of the model holding the EMA weights."""
-        model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval()
-        self.ema.copy_to(model.parameters())
+        """An EPGPipeline around a fresh model holding the EMA weights (on every process under FSDP: a collective)."""
+        model = ema_model(self.ema, self.config)
         if self.args.mode == "diffusion":
             scheduler = EPGHeunScheduler(image_size=self.config.sample_size)
         else:
@@ -312,56 +330,12 @@ class FineTuneHooks:
         return make_image_grid(images, rows=2, cols=len(labels) // 2 or 1)
 
 
-LEGACY_EMA = "custom_checkpoint_1.pkl"  # where accelerate pickled the EMA before it was saved as ema/
-EMA_SETTINGS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
-
-
-class PickledEMA:
-    """A run resumed from a checkpoint of an earlier version, whose EMA accelerate pickled as its second registered
-    object, registers this in its place: accelerate then finds the object count it saved and loads the EMA."""
-
-    def __init__(self, ema: EMAModel, device):
-        self.ema, self.device = ema, device
-
-    def state_dict(self) -> dict:
-        return self.ema.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ema.load_state_dict(state)
-        self.ema.to(self.device)
-
-
-def load_ema(ema: EMAModel, folder, device) -> None:
-    """accelerate load-state hook: the EMA of a checkpoint from its ``ema/`` folder, written by
-    ``EMAModel.save_pretrained`` (the model's weights, the EMA's settings in its config). A checkpoint of an
-    earlier version has a pickle instead, which :class:`PickledEMA` loads."""
-    path = Path(folder, "ema")
-    if not path.is_dir():
-        if not Path(folder, LEGACY_EMA).is_file():
-            raise ValueError(f"{folder} holds no EMA weights (no ema/ folder and no {LEGACY_EMA}).")
-        return
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # the config also holds the EMA's settings, unknown to the model
-    try:
-        with quiet_loading():
-            saved = EPGTransformer2DModel.from_pretrained(path)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-    shadow = [p.detach() for p in saved.parameters()]
-    if [p.shape for p in shadow] != [p.shape for p in ema.shadow_params]:
-        raise ValueError(f"{path} holds weights of another architecture than this run's model.")
-    config = EPGTransformer2DModel.load_config(path)
-    ema.load_state_dict({**{k: config[k] for k in EMA_SETTINGS if k in config}, "shadow_params": shadow})
-    ema.to(device)
-
-
-def write_pipeline(args, hooks: FineTuneHooks, folder: Path, step: int, grid: bool = True) -> None:
+def write_pipeline(args, pipe: EPGPipeline, folder: Path, step: int, grid=None) -> None:
     """An EMA pipeline folder (weights, sampler and its defaults, id2label) with a model card (and a sample grid)."""
-    pipe = hooks.pipeline()
     pipe.save_pretrained(folder)
     description = training_section(f"fine-tuned ({args.mode})", args, step)
-    if grid:
-        hooks.sample_grid(pipe).save(folder / "samples.png")
+    if grid is not None:
+        grid.save(folder / "samples.png")
         description += "\n![samples](samples.png)\n"
     datasets = [hub_repo_id(args.dataset_name)] if hub_repo_id(args.dataset_name) else None
     model_card(folder, str(folder), description, datasets=datasets,
@@ -371,10 +345,11 @@ def write_pipeline(args, hooks: FineTuneHooks, folder: Path, step: int, grid: bo
 def export(args, accelerator, hooks: FineTuneHooks, state):
     """The final pipeline folder, ``<output_dir>/pipeline``, with a model card and a grid; optionally pushed."""
     accelerator.wait_for_everyone()
+    pipe = hooks.pipeline()  # every process: gathering sharded (FSDP) weights is a collective
     if not accelerator.is_main_process:
         return
     folder = Path(args.output_dir, "pipeline")
-    write_pipeline(args, hooks, folder, state.step)
+    write_pipeline(args, pipe, folder, state.step, grid=hooks.sample_grid(pipe))
     if args.push_to_hub:
         push_to_hub(str(folder), args.hub_model_id or Path(args.output_dir).name)
 

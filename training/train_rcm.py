@@ -125,7 +125,8 @@ class RCMHooks:
             contrastive_tau=args.contrastive_tau,
         )
         self.throughput.add(len(noise))
-        chosen = {"both": terms["loss"], "contrastive": terms["contrastive_loss"], "consistency": terms["consistency"]}
+        chosen = {"both": terms["loss"], "contrastive": terms["contrastive_loss"],
+                  "consistency": terms["consistency_loss"]}
         return {**terms, "loss": chosen[args.loss_terms]}
 
     def after_step(self):
