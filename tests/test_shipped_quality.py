@@ -15,11 +15,11 @@ from epg_diffusers.evaluation.small_data import small_data_metrics
 UNTRAINED_FRECHET_DISTANCE = 267.0
 
 
-@pytest.mark.parametrize("name, num_samples, min_accuracy", [
-    (defaults.DIFFUSION_PIPELINE, 200, 0.90),
-    (defaults.CONSISTENCY_PIPELINE, 1000, 0.70),
+@pytest.mark.parametrize("name, num_samples, min_accuracy, max_frechet_distance", [
+    (defaults.DIFFUSION_PIPELINE, 200, 0.90, UNTRAINED_FRECHET_DISTANCE / 10),
+    (defaults.CONSISTENCY_PIPELINE, 1000, 0.90, 5.0),  # measured 97.5% and 4.41 (its card)
 ])
-def test_shipped_pipeline_meets_its_quality_bar(name, num_samples, min_accuracy):
+def test_shipped_pipeline_meets_its_quality_bar(name, num_samples, min_accuracy, max_frechet_distance):
     pipe = EPGPipeline.from_pretrained(defaults.default_pipeline(name))
     pipe.set_progress_bar_config(disable=True)
     labels = np.arange(num_samples) % 10
@@ -27,4 +27,4 @@ def test_shipped_pipeline_meets_its_quality_bar(name, num_samples, min_accuracy)
     images = pipe(class_labels=labels.tolist(), generator=generators, output_type="np").images  # the saved defaults
     metrics = small_data_metrics((np.asarray(images) * 255).round().astype(np.uint8), labels, 16)
     assert metrics["classifier_accuracy"] >= min_accuracy
-    assert metrics["frechet_distance"] <= UNTRAINED_FRECHET_DISTANCE / 10
+    assert metrics["frechet_distance"] <= max_frechet_distance
