@@ -34,7 +34,11 @@ from epg_diffusers.training.data import clean_view
 from epg_diffusers.training.ema import EMA_DIR, LEGACY_EMA, PickledEMA, ema_model, load_ema, save_ema
 from epg_diffusers.training.finetune import load_encoder, load_pipeline_init, make_lr_scheduler, param_groups
 from epg_diffusers.training.objectives import (
-    LOSS_WEIGHTINGS, ConsistencyNoiseLevels, DiffusionNoiseLevels, consistency_loss, diffusion_loss,
+    LOSS_WEIGHTINGS,
+    ConsistencyNoiseLevels,
+    DiffusionNoiseLevels,
+    consistency_loss,
+    diffusion_loss,
 )
 from epg_diffusers.training.recipes import EPG_RECIPES
 from epg_diffusers.training.seeding import stream_generator
