@@ -98,6 +98,6 @@ def load_ema(ema: EMAModel, folder, device) -> None:
     if [p.shape for p in shadow] != [p.shape for p in ema.shadow_params]:
         raise ValueError(f"{path} holds weights of another architecture than this run's model.")
     config = EPGTransformer2DModel.load_config(path)
-    shadow = shard_like(shadow, [p.to(device) if not isinstance(p, DTensor) else p for p in ema.shadow_params])
+    shadow = shard_like(shadow, ema.shadow_params)
     ema.load_state_dict({**{k: config[k] for k in EMA_SETTINGS if k in config}, "shadow_params": shadow})
     ema.to(device)

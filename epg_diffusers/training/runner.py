@@ -1,6 +1,5 @@
 """Infrastructure every training script shares: accelerator, checks, checkpoints, resume, logging, export."""
 
-import itertools
 import json
 import logging
 import os
@@ -14,11 +13,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, send_to_device, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from .seeding import stream_seed
-from .streaming import StreamingImages, as_is, is_end
+from .streaming import StreamingImages, as_is, full_steps
 
 logger = get_logger("epg_diffusers.training")  # accelerate's: only the main process logs (unless told otherwise)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -190,19 +189,6 @@ def train_loop(args, accelerator: Accelerator, model, optimizer, loader, data, s
                                  f"{args.global_batch_size} images: it is smaller than one global batch.")
             state.epoch, state.epoch_step = state.epoch + 1, 0
     progress.close()
-
-
-def full_steps(loader, accumulation: int, accelerator: Accelerator):
-    """A streamed epoch's micro-batches, one optimisation step at a time, up to the first step that a process
-    cannot fill (its workers' streams differ in length): every process stops there (one all-reduce per step)."""
-    batches = iter(loader)
-    while True:
-        group = list(itertools.islice(batches, accumulation))
-        complete = len(group) == accumulation and not any(is_end(batch) for batch in group)
-        if accelerator.gather(torch.tensor([int(complete)], device=accelerator.device)).min().item() == 0:
-            return
-        for batch in group:
-            yield send_to_device(batch, accelerator.device)
 
 
 def is_streaming(data) -> bool:

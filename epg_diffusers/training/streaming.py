@@ -10,7 +10,7 @@ one worker of one process.
 
 Epochs: shards rarely hold equal numbers of examples, so the streams of processes and workers differ in length.
 A worker whose stream ends sends an end marker; a process stops its epoch at the first marker, and every process
-stops at the first optimisation step that one of them cannot fill (``runner.step_groups``: one all-reduce per
+stops at the first optimisation step that one of them cannot fill (:func:`full_steps`: one all-reduce per
 step). The examples after that point wait for the next epoch's reshuffle, as a drop-last loader drops a remainder.
 
 Exact resume, the documented equivalent of ``IterableDataset.state_dict`` (which refills the shuffle buffer on
@@ -22,9 +22,11 @@ reading them without decoding; the DataLoader's turns then continue the uninterr
 
 import glob
 import hashlib
+import itertools
 import os
 
 import torch
+from accelerate.utils import send_to_device
 from datasets import Image, IterableDataset, load_dataset, load_from_disk
 from datasets.distributed import split_dataset_by_node
 
@@ -153,3 +155,16 @@ class StreamingImages(torch.utils.data.IterableDataset):
             torch.manual_seed(stream_seed(self.seed, "augmentation", epoch=self.epoch, index=image_key(image_bytes)))
             sample = {name: view(image) for name, view in self.views.items()}
         return {**sample, "label": label, "valid": True}
+
+
+def full_steps(loader, accumulation: int, accelerator):
+    """A streamed epoch's micro-batches, one optimisation step at a time, up to the first step that a process
+    cannot fill (its workers' streams differ in length): every process stops there (one all-reduce per step)."""
+    batches = iter(loader)
+    while True:
+        group = list(itertools.islice(batches, accumulation))
+        complete = len(group) == accumulation and not any(is_end(batch) for batch in group)
+        if accelerator.gather(torch.tensor([int(complete)], device=accelerator.device)).min().item() == 0:
+            return
+        for batch in group:
+            yield send_to_device(batch, accelerator.device)
