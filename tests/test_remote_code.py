@@ -160,6 +160,8 @@ def test_diffusers_alone_loads_convert_and_training_exports(tmp_path, reference,
         dict(path=str(tmp_path / "autoguided"), kwargs=dict(class_labels=["goldfish", 2], num_inference_steps=4),
              seeds=[6, 7]),  # diffusers' UniPC through the adapter, autoguidance by the saved weaker model
         dict(path=str(tmp_path / "churned"), kwargs=dict(class_labels=[3, 4], num_inference_steps=5), seeds=[8, 9]),
+        # the shipped one-step default: the sample_boundary_condition parameterisation in its generated code
+        dict(path=str(ROOT / "pipelines" / "epg-digits-consistency"), kwargs=dict(class_labels=[1, 8]), seeds=[10, 11]),
     ]
     check_same(sample_with_diffusers_alone(diffusers_alone, tmp_path, calls), calls)
 
